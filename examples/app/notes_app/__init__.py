@@ -1,0 +1,1 @@
+"""The example "notes" service: users, documents, vector-indexed chunks and an audit log."""

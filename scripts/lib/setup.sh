@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# Sourced by scripts/*.sh: installs what releasegate needs on a fresh Debian machine and
+# starts the local services. Idempotent: a second run only checks.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${RELEASEGATE_VENV:-$REPO_ROOT/.venv}"
+PG_VERSION="${RELEASEGATE_PG_VERSION:-15}"
+PG_ROLE="releasegate"
+PG_PASSWORD="${RELEASEGATE_TEST_PG_PASSWORD:-releasegate}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  # Install the Debian packages that are missing; `apt-get update` only when needed.
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_python_env() {
+  local stamp="$VENV/.releasegate-installed"
+  local want
+  want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+  if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  log "creating the Python environment in $VENV"
+  python3 -m venv "$VENV"
+  local pip_log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+    "$VENV/bin/python" -m pip install -e "$REPO_ROOT[dev]"; } >"$pip_log" 2>&1; then
+    tail -n 30 "$pip_log" >&2
+    log "pip install failed; the whole log is in $pip_log"
+    return 1
+  fi
+  echo "$want" >"$stamp"
+}
+
+start_postgres() {
+  apt_install "postgresql-$PG_VERSION" postgresql-client-common
+  if ! pg_lsclusters -h 2>/dev/null | awk -v v="$PG_VERSION" '$1 == v && $2 == "main"' | grep -q .; then
+    as_root pg_createcluster "$PG_VERSION" main >/dev/null
+  fi
+  if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" {print $4}' | grep -q online; then
+    log "starting PostgreSQL $PG_VERSION"
+    as_root pg_ctlcluster "$PG_VERSION" main start
+  fi
+  local port
+  port="$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1 == v && $2 == "main" {print $3}')"
+  for _ in $(seq 1 50); do
+    pg_isready -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.2
+  done
+  # A login role that may create the scratch databases tests and `migrate test` need.
+  as_root su postgres -c "psql -q -p $port -v ON_ERROR_STOP=1" <<SQL >/dev/null
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+    CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+  ELSE
+    ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+  END IF;
+END
+\$\$;
+SQL
+  export RELEASEGATE_TEST_PG_URL="postgresql://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$port/postgres"
+}

@@ -1,0 +1,386 @@
+"""The ``releasegate`` command line: parses arguments, calls core functions, prints.
+
+Only click is imported at start-up; each command imports the core module it needs
+when it runs, so ``releasegate --help`` stays fast. Errors become exit codes in
+:func:`main`, through :func:`releasegate.errors.exit_code_for`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from releasegate import __version__
+
+if TYPE_CHECKING:
+    from releasegate.config import Settings
+    from releasegate.migrations.commands import StepResult
+
+
+@dataclass
+class CliState:
+    config_path: str | None
+    debug: bool
+
+    def settings(self) -> Settings:
+        from releasegate.config import load_config
+
+        return load_config(self.config_path)
+
+
+pass_state = click.make_pass_decorator(CliState)
+
+
+def _echo(text: str = "", *, err: bool = False) -> None:
+    from releasegate.output import echo
+
+    echo(text, err=err)
+
+
+def _echo_json(data: Any) -> None:
+    from releasegate.output import echo_json
+
+    echo_json(data)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    envvar="RELEASEGATE_CONFIG",
+    metavar="PATH",
+    help="Config file (default: ./releasegate.toml).",
+)
+@click.option("--debug", is_flag=True, envvar="RELEASEGATE_DEBUG", help="Show tracebacks.")
+@click.version_option(__version__, prog_name="releasegate")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """Boring service upgrades: safe migrations, verified restore points, gated deploys.
+
+    Exit codes: 0 success, 1 a check or gate failed, 2 usage or config error,
+    3 infrastructure unreachable or lock not obtained, 4 rollback failed.
+    """
+    ctx.obj = CliState(config_path=config_path, debug=debug)
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def config_check(state: CliState, as_json: bool) -> int:
+    """Validate the config and print it resolved, with every secret masked."""
+    settings = state.settings()
+    resolved = settings.describe()
+    if as_json:
+        _echo_json(resolved)
+    else:
+        from releasegate.output import table
+
+        rows = []
+        for section, values in resolved.items():
+            if isinstance(values, dict):
+                rows += [(f"{section}.{key}", value) for key, value in values.items()]
+            else:
+                rows.append((section, values))
+        _echo(table(["key", "value"], rows))
+    # A config whose database URL is missing is not ready to use.
+    settings.postgres_url()
+    return 0
+
+
+# -- history --------------------------------------------------------------------------
+
+
+@cli.command("history")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with each release's events).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--id", "release_id", type=int, help="Show one release with its step log.")
+@click.option("--all-services", is_flag=True, help="Not only this config's service.")
+@pass_state
+def history(
+    state: CliState, as_json: bool, limit: int, release_id: int | None, all_services: bool
+) -> int:
+    """List release attempts recorded in the ledger, newest first."""
+    from releasegate.ledger import Ledger
+    from releasegate.output import table
+
+    settings = state.settings()
+    with Ledger.open(settings.postgres_url(), "history") as ledger:
+        if release_id is not None:
+            release = ledger.release(release_id)
+            if release is None:
+                from releasegate.errors import ConfigError
+
+                raise ConfigError(f"no release with id {release_id} in the ledger")
+            releases = [release]
+        else:
+            service = None if all_services else settings.service
+            releases = ledger.releases(service, limit, with_events=as_json)
+    if as_json:
+        _echo_json([r.to_dict() for r in releases])
+        return 0
+    rows = [
+        (
+            r.id,
+            r.service,
+            r.kind,
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            r.outcome,
+            f"{r.alembic_before or ''} -> {r.alembic_after or ''}",
+            r.performer,
+        )
+        for r in releases
+    ]
+    _echo(table(["id", "service", "kind", "started", "outcome", "alembic", "performer"], rows))
+    if release_id is not None:
+        events = releases[0].events
+        _echo()
+        _echo(
+            table(
+                ["at", "step", "status", "ms", "detail"],
+                [
+                    (
+                        f"{e.at:%H:%M:%S.%f}"[:-3],
+                        e.step,
+                        e.status,
+                        "" if e.duration_ms is None else f"{e.duration_ms:.0f}",
+                        e.detail.get("error") or e.detail.get("doc") or "",
+                    )
+                    for e in events
+                ],
+            )
+        )
+    return 0
+
+
+# -- migrate --------------------------------------------------------------------------
+
+
+@cli.group("migrate")
+def migrate() -> None:
+    """See, lint, apply, test and undo Postgres (Alembic) migrations."""
+
+
+@migrate.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def migrate_status(state: CliState, as_json: bool) -> int:
+    """Current revision(s), head(s) and pending revisions; exit 1 on a problem."""
+    from releasegate.migrations.commands import DbState, format_revisions, status
+
+    result = status(state.settings())
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        _echo(f"database: {result.target}")
+        _echo(f"current:  {format_revisions(result.current)}")
+        _echo(f"head:     {', '.join(result.heads) or '(no revisions)'}")
+        if result.state is DbState.NEVER_MIGRATED:
+            _echo("state:    never migrated (no alembic_version table)")
+        elif result.state is DbState.UP_TO_DATE:
+            _echo("state:    up to date")
+        if result.pending:
+            _echo(f"pending:  {len(result.pending)}")
+            for rev in result.pending:
+                _echo(f"  {rev.id}  {rev.doc}")
+        for problem in result.problems:
+            _echo(f"problem:  {problem}")
+    return 0 if result.ok else 1
+
+
+def _print_step(step: StepResult) -> None:
+    mark = "ok" if step.status == "ok" else step.status.upper()
+    retries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+    _echo(
+        f"  {step.direction} {step.revision:<16} {mark:<7}"
+        f" {step.duration_s * 1000:8.0f} ms{retries}"
+    )
+
+
+def _print_migrate_result(result: Any, as_json: bool) -> None:
+    from releasegate.migrations.commands import format_revisions
+
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    if not result.steps:
+        _echo(f"nothing to do: the database is at {format_revisions(result.after)}")
+    _echo(
+        f"{format_revisions(result.before)} -> {format_revisions(result.after)}"
+        f" (ledger release {result.release_id})"
+    )
+
+
+@migrate.command("up")
+@click.option("--to", "to", metavar="REV", help="Stop at this revision (default: head).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def migrate_up(state: CliState, to: str | None, as_json: bool) -> int:
+    """Apply pending revisions under the release lock, one transaction each."""
+    from releasegate.migrations.commands import up
+
+    result = up(state.settings(), to, on_step=None if as_json else _print_step)
+    _print_migrate_result(result, as_json)
+    return 0
+
+
+@migrate.command("down")
+@click.option("--to", "to", metavar="REV", required=True, help="Target revision, or 'base'.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def migrate_down(state: CliState, to: str, as_json: bool) -> int:
+    """Undo revisions down to REV under the release lock."""
+    from releasegate.migrations.commands import down
+
+    result = down(state.settings(), to, on_step=None if as_json else _print_step)
+    _print_migrate_result(result, as_json)
+    return 0
+
+
+@migrate.command("plan")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown.")
+@click.option(
+    "--from",
+    "from_revision",
+    metavar="REV",
+    help="Plan from this revision (or 'base') instead of reading the database.",
+)
+@pass_state
+def migrate_plan(
+    state: CliState, as_json: bool, as_markdown: bool, from_revision: str | None
+) -> int:
+    """The SQL of <current>:head, with phases and squawk lint; exit 1 at lint.fail_on."""
+    from releasegate.migrations.plan import plan, render_markdown, render_text
+
+    if as_json and as_markdown:
+        raise click.UsageError("--json and --markdown exclude each other")
+    result = plan(state.settings(), from_revision)
+    if as_json:
+        _echo_json(result.to_dict())
+    elif as_markdown:
+        _echo(render_markdown(result))
+    else:
+        _echo(render_text(result))
+    return 1 if result.lint_failed else 0
+
+
+@migrate.command("test")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def migrate_test(state: CliState, as_json: bool) -> int:
+    """Stairway-test the chain on a throwaway database; check drift and leftovers."""
+    from releasegate.migrations.harness import run_test
+    from releasegate.output import table
+
+    report = run_test(state.settings(), progress=None if as_json else _echo)
+    if as_json:
+        _echo_json(report.to_dict())
+        return 0 if report.ok else 1
+    _echo()
+    _echo(
+        table(
+            ["revision", "up", "down", "up again", "up ms", "down ms", "note"],
+            [
+                (
+                    r.revision,
+                    r.up,
+                    r.down,
+                    r.reup,
+                    f"{r.up_ms:.0f}",
+                    f"{r.down_ms:.0f}",
+                    r.irreversible_reason or "; ".join(r.details),
+                )
+                for r in report.revisions
+            ],
+        )
+    )
+    if report.drift is None:
+        _echo("drift: not checked (set migrations.metadata)")
+    else:
+        _echo(f"drift: {len(report.drift)} difference(s)")
+        for item in report.drift:
+            _echo(f"  {item}")
+    _echo(f"irreversible: {', '.join(report.irreversible) or 'none'}")
+    _echo(f"downgraded to: {report.lowest_reached}")
+    for problem in report.problems:
+        _echo(f"problem: {problem}")
+    _echo(f"{'passed' if report.ok else 'FAILED'} in {report.duration_s:.1f}s")
+    return 0 if report.ok else 1
+
+
+@migrate.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def migrate_verify(state: CliState, as_json: bool) -> int:
+    """Check that the live schema equals what the migrations produce; list differences."""
+    from releasegate.migrations.commands import format_revisions
+    from releasegate.migrations.verify import verify
+
+    report = verify(state.settings())
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        _echo(f"database {report.target} at {format_revisions(report.revision)}:")
+        if report.ok:
+            _echo("schema matches the migrations")
+        for difference in report.differences:
+            _echo(f"  {difference.describe()}")
+    return 0 if report.ok else 1
+
+
+# -- entry point ----------------------------------------------------------------------
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("RELEASEGATE_DEBUG", "") not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the CLI and exit with the status that :mod:`releasegate.errors` assigns."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
+    try:
+        result = cli.main(args=args, prog_name="releasegate", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _echo("aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        _echo("interrupted", err=True)
+        code = 130
+    except Exception as exc:
+        from releasegate.errors import ReleasegateError, exit_code_for
+
+        if debug:
+            import traceback
+
+            _echo(traceback.format_exc().rstrip(), err=True)
+        if isinstance(exc, ReleasegateError):
+            _echo(f"error: {exc}", err=True)
+        else:
+            _echo(
+                f"internal error: {type(exc).__name__}: {exc}"
+                + ("" if debug else " (run with --debug for the traceback)"),
+                err=True,
+            )
+        code = int(exit_code_for(exc))
+    sys.exit(code)

@@ -1,0 +1,130 @@
+"""Postgres connections: URL checks, named sessions, and errors a user can act on.
+
+Every connection carries an ``application_name`` (``releasegate/<purpose> <performer>``)
+so that ``pg_stat_activity`` — and a runner waiting for the release lock — can say who
+is doing what.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from releasegate.errors import ConfigError, InfraError
+from releasegate.runinfo import performer
+from releasegate.secrets import redact
+
+_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+
+
+def check_url(url: str, source: str = "postgres URL") -> str:
+    """Validate a Postgres URL and return it in libpq form (``postgresql://``)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{source} is malformed: {exc}") from None
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            # No user:password@ example here: redaction would mangle it into user:***@.
+            f"{source} is malformed: expected a postgresql:// URL with user, password,"
+            " host, port and database name"
+        )
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{source} is malformed: it names no database")
+    return urlunsplit(("postgresql", *parts[1:]))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The URL with the psycopg 3 driver that SQLAlchemy needs."""
+    return "postgresql+psycopg" + check_url(url)[len("postgresql") :]
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same server and credentials, another database."""
+    parts = urlsplit(check_url(url))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, parts.fragment))
+
+
+def describe_target(url: str) -> str:
+    """``host:port/dbname`` for messages: never the credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+
+
+def application_name(purpose: str) -> str:
+    # Postgres truncates to 63 bytes; keep the purpose first so it survives.
+    return f"releasegate/{purpose} {performer()}"[:63]
+
+
+def connect(
+    url: str,
+    purpose: str,
+    *,
+    autocommit: bool = True,
+    connect_timeout: float = 5.0,
+    **kwargs: Any,
+) -> psycopg.Connection[Any]:
+    """Open a psycopg connection named after ``purpose``; unreachable servers raise InfraError."""
+    libpq_url = check_url(url)
+    try:
+        return psycopg.connect(
+            libpq_url,
+            autocommit=autocommit,
+            application_name=application_name(purpose),
+            connect_timeout=max(1, round(connect_timeout)),
+            **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        raise InfraError(
+            f"cannot reach Postgres at {describe_target(libpq_url)}: {first_line(exc)}"
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first meaningful line of an exception message, secrets removed."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # libpq puts the useful part after "connection failed:"; keep it short.
+    message = lines[-1] if lines and lines[0].endswith("failed:") else lines[0]
+    return redact(message)
+
+
+@contextmanager
+def scratch_database(
+    url: str, maintenance_db: str, prefix: str, *, connect_timeout: float = 5.0
+) -> Iterator[str]:
+    """Create a throwaway database on the server of ``url``; yield its URL; drop it after.
+
+    Used wherever releasegate must build something to compare against (``migrate test``,
+    ``migrate verify``, backup verification) without touching the real database.
+    """
+    name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{uuid.uuid4().hex[:10]}"
+    admin_url = with_database(url, maintenance_db)
+    with connect(admin_url, "scratch", connect_timeout=connect_timeout) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            raise ConfigError(
+                f"the role in the database URL may not create scratch databases on"
+                f" {describe_target(admin_url)}: grant it CREATEDB"
+            ) from None
+    try:
+        yield with_database(url, name)
+    finally:
+        with connect(admin_url, "scratch", connect_timeout=connect_timeout) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -1,0 +1,267 @@
+"""The release ledger: one row per release attempt, an append-only log of its steps.
+
+It lives in the target Postgres (schema ``releasegate``) and is written on a
+connection of its own in autocommit mode, so that a migration rolled back by its
+transaction never takes its ledger entries with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from releasegate import db
+from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA, MIGRATIONS
+from releasegate.secrets import redact
+
+# Transaction-scoped advisory lock key guarding the ledger's own schema migrations.
+_SCHEMA_LOCK = 0x52470000
+
+
+class Outcome(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+class StepStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    release_id: int
+    at: datetime
+    step: str
+    status: str
+    duration_ms: float | None
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    service: str
+    kind: str
+    git_sha: str | None
+    image_ref: str | None
+    image_digest: str | None
+    performer: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    alembic_before: str | None
+    alembic_after: str | None
+    redis_before: str | None
+    redis_after: str | None
+    qdrant_before: str | None
+    qdrant_after: str | None
+    summary: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "events"}
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data["events"] = [e.to_dict() for e in self.events]
+        return data
+
+
+_RELEASE_COLUMNS = (
+    "git_sha",
+    "image_ref",
+    "image_digest",
+    "alembic_before",
+    "alembic_after",
+    "redis_before",
+    "redis_after",
+    "qdrant_before",
+    "qdrant_after",
+)
+
+
+def _redact_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redact_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(v) for v in value]
+    return value
+
+
+def _clean(detail: Mapping[str, Any] | None) -> Jsonb:
+    """JSON for the ledger with secrets redacted: the ledger is evidence others read.
+
+    Redaction works on the decoded strings: in JSON text a secret with a quote or a
+    non-ASCII character is escaped and would not be found.
+    """
+    return Jsonb(_redact_json(json.loads(json.dumps(detail or {}, default=str))))
+
+
+class Ledger:
+    """Read and write the ledger through one autocommit connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @classmethod
+    @contextmanager
+    def open(cls, url: str, purpose: str = "ledger") -> Iterator[Ledger]:
+        """Connect, make sure the ledger schema is current, and close on exit."""
+        conn = db.connect(url, purpose)
+        try:
+            ledger = cls(conn)
+            ledger.ensure_schema()
+            yield ledger
+        finally:
+            conn.close()
+
+    def schema_version(self) -> int:
+        row = self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.schema_version",)
+        ).fetchone()
+        if not row or not row[0]:
+            return 0
+        version = self.conn.execute(
+            f"SELECT coalesce(max(version), 0) FROM {LEDGER_SCHEMA}.schema_version"
+        ).fetchone()
+        return int(version[0]) if version else 0
+
+    def ensure_schema(self) -> int:
+        """Create or upgrade the ledger schema; returns the number of versions applied."""
+        if self.schema_version() >= LATEST_VERSION:
+            return 0
+        applied = 0
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.schema_version ("
+                " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = self.schema_version()
+            for version, ddl in MIGRATIONS:
+                if version <= current:
+                    continue
+                self.conn.execute(ddl)
+                self.conn.execute(
+                    f"INSERT INTO {LEDGER_SCHEMA}.schema_version (version) VALUES (%s)", (version,)
+                )
+                applied += 1
+        return applied
+
+    def start_release(self, service: str, kind: str, performer: str, **columns: str | None) -> int:
+        """Open a release row (outcome ``running``) and return its id."""
+        unknown = set(columns) - set(_RELEASE_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown release columns: {sorted(unknown)}")
+        names = ["service", "kind", "performer", *columns]
+        values = [service, kind, performer, *columns.values()]
+        placeholders = ", ".join(["%s"] * len(values))
+        row = self.conn.execute(
+            f"INSERT INTO {LEDGER_SCHEMA}.releases ({', '.join(names)})"
+            f" VALUES ({placeholders}) RETURNING id",
+            values,
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def record_event(
+        self,
+        release_id: int,
+        step: str,
+        status: StepStatus | str,
+        duration_s: float | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one step to the log."""
+        self.conn.execute(
+            f"INSERT INTO {LEDGER_SCHEMA}.events (release_id, step, status, duration_ms, detail)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (
+                release_id,
+                step,
+                str(status),
+                None if duration_s is None else round(duration_s * 1000, 3),
+                _clean(detail),
+            ),
+        )
+
+    def update_release(self, release_id: int, **columns: str | None) -> None:
+        """Set release columns known only later (digests, versions after)."""
+        unknown = set(columns) - set(_RELEASE_COLUMNS)
+        if unknown:
+            raise TypeError(f"unknown release columns: {sorted(unknown)}")
+        if not columns:
+            return
+        sets = ", ".join(f"{name} = %s" for name in columns)
+        self.conn.execute(
+            f"UPDATE {LEDGER_SCHEMA}.releases SET {sets} WHERE id = %s",
+            [*columns.values(), release_id],
+        )
+
+    def finish_release(
+        self,
+        release_id: int,
+        outcome: Outcome,
+        summary: Mapping[str, Any] | None = None,
+        **columns: str | None,
+    ) -> None:
+        """Close a release row with its outcome; ``summary`` is merged into the stored one."""
+        self.update_release(release_id, **columns)
+        self.conn.execute(
+            f"UPDATE {LEDGER_SCHEMA}.releases SET outcome = %s, finished_at = clock_timestamp(),"
+            " summary = summary || %s WHERE id = %s",
+            (str(outcome), _clean(summary), release_id),
+        )
+
+    def releases(
+        self, service: str | None = None, limit: int = 20, with_events: bool = False
+    ) -> list[Release]:
+        """The newest release rows first."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                f"SELECT * FROM {LEDGER_SCHEMA}.releases"
+                " WHERE %(service)s::text IS NULL OR service = %(service)s"
+                " ORDER BY id DESC LIMIT %(limit)s",
+                {"service": service, "limit": limit},
+            )
+            rows = [Release(**row) for row in cur.fetchall()]
+        if with_events:
+            rows = [Release(**{**r.__dict__, "events": self.events(r.id)}) for r in rows]
+        return rows
+
+    def release(self, release_id: int) -> Release | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(f"SELECT * FROM {LEDGER_SCHEMA}.releases WHERE id = %s", (release_id,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return Release(**row, events=self.events(release_id))
+
+    def events(self, release_id: int) -> list[Event]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                f"SELECT * FROM {LEDGER_SCHEMA}.events WHERE release_id = %s ORDER BY id",
+                (release_id,),
+            )
+            return [Event(**row) for row in cur.fetchall()]

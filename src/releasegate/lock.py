@@ -1,0 +1,107 @@
+"""The release lock: a session-scoped Postgres advisory lock, taken by polling.
+
+Polling ``pg_try_advisory_lock`` instead of waiting in ``pg_advisory_lock`` matters:
+a session blocked in the lock wait holds a virtual transaction that
+``CREATE INDEX CONCURRENTLY`` in another session waits for, which deadlocks. Being
+session-scoped, the lock is freed by Postgres when a killed runner's connection
+drops. The holder is named through its ``application_name``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from releasegate import db
+from releasegate.config import format_duration
+from releasegate.errors import LockNotObtained
+
+# First half of the two-int advisory key: keeps releasegate's locks apart from the app's.
+LOCK_NAMESPACE = 0x52470001
+
+
+def lock_key(service: str) -> int:
+    """The second half of the key: a stable signed 32-bit hash of the service name."""
+    value = zlib.crc32(service.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str
+    client: str | None
+    since: datetime | None
+
+    def describe(self) -> str:
+        who = self.application_name or "an unnamed session"
+        where = f" from {self.client}" if self.client else ""
+        since = f" since {self.since:%Y-%m-%d %H:%M:%S %Z}".rstrip() if self.since else ""
+        return f"{who} (pid {self.pid}{where}{since})"
+
+
+def find_holder(conn: psycopg.Connection[Any], service: str) -> LockHolder | None:
+    """Who holds the release lock for ``service``, if anyone."""
+    row = conn.execute(
+        "SELECT a.pid, coalesce(a.application_name, ''), host(a.client_addr), a.backend_start"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+        " AND l.classid = %s::oid AND l.objid = %s::oid AND l.database = ("
+        "   SELECT oid FROM pg_database WHERE datname = current_database())",
+        # pg_locks shows the int4 halves as unsigned oids.
+        (LOCK_NAMESPACE & 0xFFFFFFFF, lock_key(service) & 0xFFFFFFFF),
+    ).fetchone()
+    if row is None:
+        return None
+    return LockHolder(pid=row[0], application_name=row[1], client=row[2], since=row[3])
+
+
+@contextmanager
+def release_lock(
+    url: str,
+    service: str,
+    purpose: str,
+    *,
+    wait: float,
+    poll_interval: float = 0.5,
+    connect_timeout: float = 5.0,
+) -> Iterator[float]:
+    """Hold the release lock for ``service`` while the block runs; yields seconds waited.
+
+    Raises :class:`LockNotObtained` (exit 3) naming the holder when ``wait`` runs out.
+    """
+    conn = db.connect(url, f"lock {purpose}", connect_timeout=connect_timeout)
+    key = (LOCK_NAMESPACE, lock_key(service))
+    started = time.monotonic()
+    try:
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()
+            if row and row[0]:
+                break
+            elapsed = time.monotonic() - started
+            if elapsed >= wait:
+                holder = find_holder(conn, service)
+                who = holder.describe() if holder else "another session (gone by now)"
+                raise LockNotObtained(
+                    f"release lock for service '{service}' is held by {who};"
+                    f" waited {format_duration(wait)}"
+                )
+            time.sleep(min(poll_interval, max(wait - elapsed, 0.01)))
+        waited = time.monotonic() - started
+        try:
+            yield waited
+        finally:
+            # A dead session has lost the lock already, and close() frees it anyway.
+            with contextlib.suppress(psycopg.Error):
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+    finally:
+        conn.close()

@@ -1,0 +1,1 @@
+"""Alembic migrations: planning, phases, linting and safe execution."""

@@ -1,0 +1,380 @@
+"""The migration operations behind ``releasegate migrate``: status, up and down.
+
+Each is an importable function taking the resolved :class:`~releasegate.config.Settings`;
+the CLI only parses arguments and prints what these return. ``plan``, ``test`` and
+``verify`` live in :mod:`~releasegate.migrations.plan`,
+:mod:`~releasegate.migrations.harness` and :mod:`~releasegate.migrations.verify`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from releasegate import db
+from releasegate.config import Settings, format_duration
+from releasegate.errors import ConfigError, MigrationFailed, MigrationScriptError, StateError
+from releasegate.ledger import Ledger, Outcome, StepStatus
+from releasegate.lock import release_lock
+from releasegate.migrations.project import (
+    AlembicProject,
+    Revision,
+    current_revisions,
+    sqlalchemy_connection,
+)
+from releasegate.runinfo import git_sha, performer
+
+
+class DbState(StrEnum):
+    NEVER_MIGRATED = "never_migrated"
+    UP_TO_DATE = "up_to_date"
+    PENDING = "pending"
+    UNKNOWN_REVISION = "unknown_revision"
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """Where a database stands against the migrations folder."""
+
+    target: str
+    current: tuple[str, ...] | None
+    heads: tuple[str, ...]
+    pending: list[Revision]
+    state: DbState
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "current": list(self.current) if self.current is not None else None,
+            "heads": list(self.heads),
+            "state": str(self.state),
+            "pending": [{"revision": r.id, "doc": r.doc} for r in self.pending],
+            "problems": self.problems,
+        }
+
+
+def format_revisions(revs: tuple[str, ...] | None) -> str:
+    if revs is None:
+        return "never migrated"
+    return ", ".join(revs) if revs else "base"
+
+
+def multiple_heads_problem(heads: tuple[str, ...]) -> str:
+    return (
+        f"the migrations have {len(heads)} heads ({', '.join(heads)}): merge them"
+        " (alembic merge heads) before migrating"
+    )
+
+
+def unknown_revision_problem(unknown: list[str]) -> str:
+    return (
+        f"the database is at revision {', '.join(unknown)}, which these migrations do not"
+        " know: the database is ahead of the code (was the application rolled back?)."
+        " Deploy the code that has it, or migrate down with that code first"
+    )
+
+
+def _status_from(
+    project: AlembicProject, target: str, current: tuple[str, ...] | None
+) -> MigrationStatus:
+    heads = project.heads()
+    problems = []
+    if len(heads) > 1:
+        problems.append(multiple_heads_problem(heads))
+    unknown = [r for r in current or () if not project.knows(r)]
+    if unknown:
+        problems.append(unknown_revision_problem(unknown))
+        return MigrationStatus(target, current, heads, [], DbState.UNKNOWN_REVISION, problems)
+    pending = project.upgrade_path(current or (), "heads") or []
+    if current is None:
+        state = DbState.NEVER_MIGRATED
+    else:
+        state = DbState.PENDING if pending else DbState.UP_TO_DATE
+    return MigrationStatus(target, current, heads, pending, state, problems)
+
+
+def status(settings: Settings) -> MigrationStatus:
+    """Current revision(s), head(s), pending revisions and any plain-spoken problems."""
+    project = AlembicProject(settings)
+    url = settings.postgres_url()
+    db.check_url(url, f"${settings.raw.postgres.url_env}")
+    with sqlalchemy_connection(
+        url, "migrate status", connect_timeout=settings.raw.postgres.connect_timeout
+    ) as conn:
+        current = current_revisions(conn)
+    return _status_from(project, db.describe_target(url), current)
+
+
+# -- applying revisions -------------------------------------------------------------
+
+
+class Direction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One revision applied (or not), as recorded in the ledger."""
+
+    revision: str
+    direction: Direction
+    status: StepStatus
+    duration_s: float
+    attempts: int = 1
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "direction": str(self.direction), "status": str(self.status)}
+
+
+@dataclass
+class MigrateResult:
+    """What ``up`` or ``down`` did, and the ledger release that records it."""
+
+    release_id: int
+    direction: Direction
+    before: tuple[str, ...] | None
+    after: tuple[str, ...] | None = None
+    steps: list[StepResult] = field(default_factory=list)
+    lock_wait_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release_id": self.release_id,
+            "direction": str(self.direction),
+            "before": format_revisions(self.before),
+            "after": format_revisions(self.after),
+            "lock_wait_s": round(self.lock_wait_s, 3),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+StepCallback = Callable[[StepResult], None]
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.LockNotAvailable)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return f"{type(exc).__name__}: {db.first_line(exc)}"
+
+
+class _Migrator:
+    """Runs a path of revisions one at a time, retrying lock timeouts, recording each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        project: AlembicProject,
+        conn: Connection,
+        ledger: Ledger,
+        result: MigrateResult,
+        on_step: StepCallback | None,
+    ) -> None:
+        self.settings = settings
+        self.project = project
+        self.conn = conn
+        self.ledger = ledger
+        self.result = result
+        self.on_step = on_step
+
+    def run(self, path: list[Revision]) -> None:
+        for rev in path:
+            self._one(rev)
+
+    def _apply(self, rev: Revision) -> None:
+        if self.result.direction is Direction.UP:
+            self.project.upgrade_one(self.conn, rev)
+        else:
+            self.project.downgrade_one(self.conn, rev)
+
+    def _one(self, rev: Revision) -> None:
+        opts = self.settings.raw.migrations
+        direction = self.result.direction
+        step = f"{'upgrade' if direction is Direction.UP else 'downgrade'} {rev.id}"
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._apply(rev)
+                break
+            except Exception as exc:
+                self.conn.rollback()
+                if _is_lock_timeout(exc) and attempt <= opts.lock_retries:
+                    delay = opts.retry_backoff * 2 ** (attempt - 1)
+                    self.ledger.record_event(
+                        self.result.release_id,
+                        step,
+                        StepStatus.INFO,
+                        None,
+                        {"retry": attempt, "after_s": delay, "error": _error_text(exc)},
+                    )
+                    time.sleep(delay)
+                    continue
+                self._fail(rev, step, exc, attempt, time.monotonic() - started)
+        outcome = StepResult(rev.id, direction, StepStatus.OK, time.monotonic() - started, attempt)
+        self._record(step, outcome, rev)
+
+    def _record(self, step: str, outcome: StepResult, rev: Revision) -> None:
+        self.result.steps.append(outcome)
+        self.ledger.record_event(
+            self.result.release_id,
+            step,
+            outcome.status,
+            outcome.duration_s,
+            {"revision": rev.id, "doc": rev.doc, "attempts": outcome.attempts}
+            | ({"error": outcome.error} if outcome.error else {}),
+        )
+        if self.on_step:
+            self.on_step(outcome)
+
+    def _fail(self, rev: Revision, step: str, exc: Exception, attempts: int, took: float) -> None:
+        error = _error_text(exc)
+        if _is_lock_timeout(exc):
+            lock_timeout = format_duration(self.settings.raw.migrations.lock_timeout)
+            error = f"lock_timeout ({lock_timeout}) hit {attempts} times: {error}"
+        elif isinstance(exc, NotImplementedError) and self.result.direction is Direction.DOWN:
+            error = f"irreversible: {db.first_line(exc)}"
+        outcome = StepResult(
+            rev.id, self.result.direction, StepStatus.FAILED, took, attempts, error
+        )
+        self._record(step, outcome, rev)
+        now = current_revisions(self.conn)
+        self.result.after = now
+        self.ledger.finish_release(
+            self.result.release_id,
+            Outcome.FAILED,
+            {"failed_revision": rev.id, "error": error},
+            alembic_after=format_revisions(now),
+        )
+        raise MigrationFailed(
+            f"revision {rev.id} failed: {error}; the database stays at {format_revisions(now)}"
+            f" (ledger release {self.result.release_id})"
+        ) from exc
+
+
+def _migrate(
+    settings: Settings,
+    direction: Direction,
+    choose_path: Callable[[AlembicProject, tuple[str, ...]], list[Revision]],
+    project: AlembicProject,
+    on_step: StepCallback | None,
+) -> MigrateResult:
+    url = settings.postgres_url()
+    db.check_url(url, f"${settings.raw.postgres.url_env}")
+    opts = settings.raw.migrations
+    purpose = f"migrate {direction}"
+    with (
+        release_lock(
+            url,
+            settings.service,
+            purpose,
+            wait=settings.raw.lock.wait,
+            poll_interval=settings.raw.lock.poll_interval,
+            connect_timeout=settings.raw.postgres.connect_timeout,
+        ) as waited,
+        Ledger.open(url) as ledger,
+        sqlalchemy_connection(
+            url,
+            purpose,
+            lock_timeout=opts.lock_timeout,
+            statement_timeout=opts.statement_timeout,
+            connect_timeout=settings.raw.postgres.connect_timeout,
+        ) as conn,
+    ):
+        current = current_revisions(conn)
+        unknown = [r for r in current or () if not project.knows(r)]
+        if unknown:
+            raise StateError(unknown_revision_problem(unknown))
+        path = choose_path(project, current or ())
+        release_id = ledger.start_release(
+            settings.service,
+            "migrate",
+            performer(),
+            git_sha=git_sha(settings.root),
+            alembic_before=format_revisions(current),
+        )
+        result = MigrateResult(release_id, direction, current, lock_wait_s=waited)
+        ledger.record_event(
+            release_id, "lock", StepStatus.OK, waited, {"service": settings.service}
+        )
+        _Migrator(settings, project, conn, ledger, result, on_step).run(path)
+        result.after = current_revisions(conn)
+        ledger.finish_release(
+            release_id,
+            Outcome.SUCCEEDED,
+            {"direction": str(direction), "revisions": [s.revision for s in result.steps]},
+            alembic_after=format_revisions(result.after),
+        )
+        return result
+
+
+def up(
+    settings: Settings, to: str | None = None, *, on_step: StepCallback | None = None
+) -> MigrateResult:
+    """Apply pending revisions up to ``to`` (default: the head), one transaction each.
+
+    Holds the release lock; sets ``lock_timeout`` and ``statement_timeout``; retries a
+    revision that hit the lock timeout with exponential backoff; records every revision in
+    the ledger. A failing revision is rolled back by its transaction and raises
+    :class:`MigrationFailed`, leaving the database at the last good revision.
+    """
+    project = AlembicProject(settings)
+    heads = project.heads()
+    # Alembic cannot resolve 'head' among several heads (it raises MultipleHeads).
+    if to in (None, "head") and len(heads) > 1:
+        raise MigrationScriptError(multiple_heads_problem(heads))
+    target = project.resolve(to or "head")
+
+    def path(proj: AlembicProject, current: tuple[str, ...]) -> list[Revision]:
+        if target in current:
+            return []
+        steps = proj.upgrade_path(current, target)
+        if steps is None:
+            raise ConfigError(
+                f"revision {target} is not above the current revision"
+                f" {format_revisions(current)}: use 'migrate down'"
+            )
+        return steps
+
+    return _migrate(settings, Direction.UP, path, project, on_step)
+
+
+def down(settings: Settings, to: str, *, on_step: StepCallback | None = None) -> MigrateResult:
+    """Undo revisions, newest first, down to ``to`` (a revision id or ``base``).
+
+    Same lock, timeouts and ledger records as :func:`up`. An irreversible revision stops
+    the downgrade there with :class:`MigrationFailed`.
+    """
+    project = AlembicProject(settings)
+    target = project.resolve(to)
+    if target in ("head", "heads"):
+        raise ConfigError("migrate down needs a revision below the current one, or 'base'")
+
+    def path(proj: AlembicProject, current: tuple[str, ...]) -> list[Revision]:
+        steps = proj.downgrade_path(current, target)
+        if steps is None:
+            raise ConfigError(
+                f"revision {target} is not below the current revision"
+                f" {format_revisions(current)}: use 'migrate up'"
+            )
+        return steps
+
+    return _migrate(settings, Direction.DOWN, path, project, on_step)

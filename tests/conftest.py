@@ -1,0 +1,141 @@
+"""Shared fixtures: real PostgreSQL databases on the server named by RELEASEGATE_TEST_PG_URL.
+
+`scripts/test.sh` starts the Debian cluster and exports the URL; tests never mock the
+database. Each test that asks for `pg_url` gets a database of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _server_url() -> str:
+    url = os.environ.get("RELEASEGATE_TEST_PG_URL")
+    if not url:
+        pytest.fail(
+            "RELEASEGATE_TEST_PG_URL is not set: run the suite with scripts/test.sh, "
+            "which starts PostgreSQL and exports it",
+            pytrace=False,
+        )
+    return url
+
+
+def url_for_database(server_url: str, dbname: str) -> str:
+    """The server URL with its database name replaced."""
+    base, _, query = server_url.partition("?")
+    head, _, _old = base.rpartition("/")
+    return f"{head}/{dbname}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """URL of the maintenance database on the test server (a role with CREATEDB)."""
+    url = _server_url()
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        conn.execute("select 1")
+    return url
+
+
+def create_database(server_url: str, prefix: str = "rgtest") -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """URL of a fresh, empty database, dropped after the test."""
+    name = create_database(pg_server_url)
+    try:
+        yield url_for_database(pg_server_url, name)
+    finally:
+        drop_database(pg_server_url, name)
+
+
+EXAMPLE_CONFIG = """\
+[service]
+name = "{service}"
+
+[postgres]
+url_env = "{url_env}"
+
+[migrations]
+postgres = "migrations/postgres"
+metadata = "notes_app.models:metadata"
+python_path = ["examples/app"]
+lock_timeout = "2s"
+statement_timeout = "1m"
+lock_retries = 2
+retry_backoff = "200ms"
+
+[lock]
+wait = "1s"
+poll_interval = "100ms"
+"""
+
+
+class Project:
+    """A copy of the example project (config, migrations, models) in a temporary folder."""
+
+    def __init__(self, root: Path, url: str, service: str) -> None:
+        self.root = root
+        self.url = url
+        self.service = service
+        self.url_env = "NOTES_DATABASE_URL"
+        self.config_path = root / "releasegate.toml"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "migrations" / "postgres" / "versions"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Process environment for running the CLI against this project."""
+        return {**os.environ, self.url_env: self.url, "RELEASEGATE_CONFIG": str(self.config_path)}
+
+    def settings(self, **overrides: str):  # type: ignore[no-untyped-def]
+        from releasegate.config import load_config
+
+        env = {**self.env, **overrides}
+        return load_config(self.config_path, env)
+
+    def write_config(self, text: str) -> None:
+        self.config_path.write_text(text)
+
+
+@pytest.fixture
+def project(tmp_path: Path, pg_url: str) -> Project:
+    """The example project copied to tmp_path, pointed at a fresh database."""
+    import shutil
+
+    shutil.copytree(
+        REPO_ROOT / "migrations" / "postgres",
+        tmp_path / "migrations" / "postgres",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copytree(
+        REPO_ROOT / "examples" / "app" / "notes_app",
+        tmp_path / "examples" / "app" / "notes_app",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    service = f"notes-{uuid.uuid4().hex[:8]}"
+    proj = Project(tmp_path, pg_url, service)
+    proj.write_config(EXAMPLE_CONFIG.format(service=service, url_env=proj.url_env))
+    return proj

@@ -1,0 +1,212 @@
+"""The release ledger on a real database: schema, round trips, append-only log, redaction."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from releasegate import secrets
+from releasegate.ledger import Ledger, Outcome, StepStatus
+from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA
+
+
+@pytest.fixture(autouse=True)
+def isolated_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets registered by a test stay in that test."""
+    monkeypatch.setattr(secrets, "_registered", set())
+
+
+@pytest.fixture
+def ledger(pg_url: str) -> Iterator[Ledger]:
+    with Ledger.open(pg_url, "ledger test") as opened:
+        yield opened
+
+
+def test_ensure_schema_creates_schema_and_is_idempotent(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        fresh = Ledger(conn)
+        assert fresh.schema_version() == 0
+        assert fresh.ensure_schema() == LATEST_VERSION
+        assert fresh.schema_version() == LATEST_VERSION
+        assert fresh.ensure_schema() == 0
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (LEDGER_SCHEMA,),
+            )
+        }
+        versions = conn.execute(f"SELECT version FROM {LEDGER_SCHEMA}.schema_version").fetchall()
+    assert tables == {"releases", "events", "schema_version"}
+    assert versions == [(LATEST_VERSION,)]
+
+
+def test_open_creates_the_schema(pg_url: str) -> None:
+    with Ledger.open(pg_url) as ledger:
+        assert ledger.schema_version() == LATEST_VERSION
+        assert ledger.releases() == []
+    with Ledger.open(pg_url) as again:
+        assert again.ensure_schema() == 0
+
+
+def test_concurrent_first_use_creates_the_schema_once(pg_url: str) -> None:
+    runners = 4
+    barrier = threading.Barrier(runners)
+    applied: list[int] = []
+    errors: list[BaseException] = []
+
+    def first_use() -> None:
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                barrier.wait(timeout=10)
+                applied.append(Ledger(conn).ensure_schema())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(runners)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(applied) == [0] * (runners - 1) + [LATEST_VERSION]
+
+
+def test_release_round_trip(ledger: Ledger) -> None:
+    release_id = ledger.start_release(
+        "notes", "migrate", "ci-runner", git_sha="abc123", alembic_before="0001"
+    )
+    running = ledger.release(release_id)
+    assert running is not None
+    assert running.outcome == "running"
+    assert running.finished_at is None
+    assert running.events == []
+
+    ledger.record_event(release_id, "lock", StepStatus.OK, 0.0123, {"service": "notes"})
+    ledger.record_event(release_id, "upgrade 0002", "failed", None, {"error": "boom"})
+    ledger.update_release(release_id, image_digest="sha256:beef")
+    ledger.finish_release(
+        release_id, Outcome.FAILED, {"failed_revision": "0002"}, alembic_after="0001"
+    )
+
+    release = ledger.release(release_id)
+    assert release is not None
+    assert (release.service, release.kind, release.performer) == ("notes", "migrate", "ci-runner")
+    assert release.git_sha == "abc123"
+    assert release.image_digest == "sha256:beef"
+    assert (release.alembic_before, release.alembic_after) == ("0001", "0001")
+    assert release.outcome == "failed"
+    assert release.finished_at is not None
+    assert release.finished_at >= release.started_at
+    assert release.summary == {"failed_revision": "0002"}
+    assert [(e.step, e.status) for e in release.events] == [
+        ("lock", "ok"),
+        ("upgrade 0002", "failed"),
+    ]
+    assert release.events[0].duration_ms == pytest.approx(12.3)
+    assert release.events[0].detail == {"service": "notes"}
+    assert release.events[1].duration_ms is None
+    assert release.events == ledger.events(release_id)
+    assert release.events[0].at <= release.events[1].at
+
+    as_dict = json.loads(json.dumps(release.to_dict()))
+    assert as_dict["outcome"] == "failed"
+    assert [e["step"] for e in as_dict["events"]] == ["lock", "upgrade 0002"]
+
+
+def test_releases_newest_first_filtered_and_limited(ledger: Ledger) -> None:
+    first = ledger.start_release("notes", "migrate", "a")
+    other = ledger.start_release("billing", "migrate", "b")
+    last = ledger.start_release("notes", "release", "c")
+    ledger.record_event(last, "deploy", StepStatus.INFO)
+
+    assert [r.id for r in ledger.releases()] == [last, other, first]
+    assert [r.id for r in ledger.releases("notes")] == [last, first]
+    assert [r.id for r in ledger.releases("notes", limit=1)] == [last]
+    assert ledger.releases("nobody") == []
+    assert ledger.releases("notes")[0].events == []
+    with_events = ledger.releases("notes", with_events=True)
+    assert [e.step for e in with_events[0].events] == ["deploy"]
+    assert with_events[1].events == []
+
+
+def test_unknown_release_and_columns(ledger: Ledger) -> None:
+    assert ledger.release(424242) is None
+    assert ledger.events(424242) == []
+    with pytest.raises(TypeError, match="nope"):
+        ledger.start_release("notes", "migrate", "a", nope="x")
+    release_id = ledger.start_release("notes", "migrate", "a")
+    with pytest.raises(TypeError, match="nope"):
+        ledger.update_release(release_id, nope="x")
+
+
+def test_events_are_append_only(ledger: Ledger) -> None:
+    release_id = ledger.start_release("notes", "migrate", "a")
+    ledger.record_event(release_id, "upgrade 0001", StepStatus.FAILED, 1.0, {"error": "x"})
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        ledger.conn.execute(f"UPDATE {LEDGER_SCHEMA}.events SET status = 'ok'")
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        ledger.conn.execute(f"DELETE FROM {LEDGER_SCHEMA}.events")
+    events = ledger.events(release_id)
+    assert [(e.step, e.status, e.detail) for e in events] == [
+        ("upgrade 0001", "failed", {"error": "x"})
+    ]
+
+
+def test_secrets_in_event_detail_are_redacted(ledger: Ledger) -> None:
+    token = "tok-9f8e7d6c"
+    odd = 'pä"ss\\wörd'  # escaped in JSON text: \u00e4, \" and \\
+    secrets.register_secret(token)
+    secrets.register_secret(odd)
+    release_id = ledger.start_release("notes", "migrate", "a")
+    ledger.record_event(
+        release_id,
+        "upgrade 0003",
+        StepStatus.FAILED,
+        0.5,
+        {
+            "error": f"auth failed with {token}",
+            "nested": {"tokens": [token, f"x{odd}y"], "count": 2},
+            "url": "postgresql://app:plainpw@db:5432/notes",
+        },
+    )
+    [event] = ledger.events(release_id)
+    assert event.detail == {
+        "error": "auth failed with ***",
+        "nested": {"tokens": ["***", "x***y"], "count": 2},
+        "url": "postgresql://app:***@db:5432/notes",
+    }
+    stored = ledger.conn.execute(
+        f"SELECT detail::text FROM {LEDGER_SCHEMA}.events WHERE release_id = %s", (release_id,)
+    ).fetchone()
+    assert stored is not None
+    for secret in (token, "plainpw", "pä", "wörd"):
+        assert secret not in stored[0]
+
+
+def test_summary_is_merged_and_redacted_on_finish(ledger: Ledger) -> None:
+    secrets.register_secret("sum-secret-42")
+    release_id = ledger.start_release("notes", "migrate", "a")
+    ledger.finish_release(release_id, Outcome.FAILED, {"a": 1, "b": {"x": 1}})
+    ledger.finish_release(
+        release_id, Outcome.ROLLED_BACK, {"b": {"y": 2}, "c": "sum-secret-42"}
+    )
+    release = ledger.release(release_id)
+    assert release is not None
+    assert release.outcome == "rolled_back"
+    # jsonb || merges the top level only: "b" is replaced, not deep-merged.
+    assert release.summary == {"a": 1, "b": {"y": 2}, "c": "***"}
+
+
+def test_finish_without_summary_keeps_the_stored_one(ledger: Ledger) -> None:
+    release_id = ledger.start_release("notes", "migrate", "a")
+    ledger.finish_release(release_id, Outcome.RUNNING, {"direction": "up"})
+    ledger.finish_release(release_id, Outcome.SUCCEEDED)
+    release = ledger.release(release_id)
+    assert release is not None
+    assert release.outcome == "succeeded"
+    assert release.summary == {"direction": "up"}
