@@ -19,6 +19,9 @@ done
 
 ensure_python_env
 start_postgres
+start_redis
+start_docker
+install_load_tools
 cd "$REPO_ROOT"
 
 log "ruff"

@@ -59,6 +59,43 @@ def drop_database(server_url: str, name: str) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    """URL of the test redis-server that scripts/test.sh starts on a port of its own."""
+    url = os.environ.get("RELEASEGATE_TEST_REDIS_URL")
+    if not url:
+        pytest.fail(
+            "RELEASEGATE_TEST_REDIS_URL is not set: run the suite with scripts/test.sh",
+            pytrace=False,
+        )
+    return url
+
+
+_redis_dbs = iter(range(1, 64))
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """URL of an empty logical Redis database, flushed before and after the test."""
+    import redis
+
+    base = redis_server_url.rsplit("/", 1)[0]
+    url = f"{base}/{next(_redis_dbs, 63)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def qdrant_path(tmp_path: Path) -> Path:
+    """Storage folder for an embedded Qdrant (qdrant-client ``path=`` mode)."""
+    return tmp_path / "qdrant"
+
+
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """URL of a fresh, empty database, dropped after the test."""

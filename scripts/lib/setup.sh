@@ -7,7 +7,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${RELEASEGATE_VENV:-$REPO_ROOT/.venv}"
 PG_VERSION="${RELEASEGATE_PG_VERSION:-15}"
 PG_ROLE="releasegate"
-PG_PASSWORD="${RELEASEGATE_TEST_PG_PASSWORD:-releasegate}"
+PG_PASSWORD="${RELEASEGATE_TEST_PG_PASSWORD:-rg-local-secret}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -74,4 +74,43 @@ END
 \$\$;
 SQL
   export RELEASEGATE_TEST_PG_URL="postgresql://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$port/postgres"
+}
+
+REDIS_PORT="${RELEASEGATE_TEST_REDIS_PORT:-6390}"
+REDIS_DIR="${RELEASEGATE_STATE_DIR:-/tmp/releasegate-state}/redis"
+
+start_redis() {
+  # A redis-server of our own on its own port, so a system Redis is never touched.
+  apt_install redis-server
+  mkdir -p "$REDIS_DIR"
+  if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    log "starting redis-server on port $REDIS_PORT"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" --save "" \
+      --appendonly no --daemonize yes --logfile "$REDIS_DIR/redis.log" \
+      --pidfile "$REDIS_DIR/redis.pid" --databases 64
+    for _ in $(seq 1 50); do
+      redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  fi
+  export RELEASEGATE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+}
+
+start_docker() {
+  # Debian's engine; dockerd runs in the background for the rest of this machine's life.
+  apt_install docker.io
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd"
+    mkdir -p /var/log/releasegate
+    (nohup dockerd >/var/log/releasegate/dockerd.log 2>&1 &)
+    for _ in $(seq 1 100); do
+      docker info >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    docker info >/dev/null 2>&1 || { tail -n 20 /var/log/releasegate/dockerd.log >&2; return 1; }
+  fi
+}
+
+install_load_tools() {
+  apt_install haproxy wrk hey
 }

@@ -48,7 +48,47 @@ def _echo_json(data: Any) -> None:
     echo_json(data)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command groups that live in their own modules under releasegate/commands/, imported only
+# when invoked; the short help is kept here so ``--help`` does not import them.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "router": (
+        "releasegate.commands.router:router",
+        "Run HAProxy in front of blue and green; switch traffic via its runtime API.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports the modules of :data:`LAZY_COMMANDS` on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module_name, _, attribute = LAZY_COMMANDS[cmd_name][0].partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                command = self.commands[name]
+                if command.hidden:
+                    continue
+                rows.append((name, command.get_short_help_str(formatter.width)))
+            else:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",
@@ -308,14 +348,17 @@ def migrate_test(state: CliState, as_json: bool) -> int:
             ],
         )
     )
-    if report.drift is None:
+    if report.stopped_at is not None:
+        _echo(f"stairway stopped at {report.stopped_at}: drift and final downgrade not checked")
+    elif report.drift is None:
         _echo("drift: not checked (set migrations.metadata)")
     else:
         _echo(f"drift: {len(report.drift)} difference(s)")
         for item in report.drift:
             _echo(f"  {item}")
     _echo(f"irreversible: {', '.join(report.irreversible) or 'none'}")
-    _echo(f"downgraded to: {report.lowest_reached}")
+    if report.lowest_reached is not None:
+        _echo(f"downgraded to: {report.lowest_reached}")
     for problem in report.problems:
         _echo(f"problem: {problem}")
     _echo(f"{'passed' if report.ok else 'FAILED'} in {report.duration_s:.1f}s")
@@ -346,7 +389,8 @@ def migrate_verify(state: CliState, as_json: bool) -> int:
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
-    return "--debug" in argv or os.environ.get("RELEASEGATE_DEBUG", "") not in ("", "0")
+    flag = os.environ.get("RELEASEGATE_DEBUG", "").strip().lower()
+    return "--debug" in argv or flag in ("1", "true", "yes", "on")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -358,8 +402,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.UsageError as exc:
+        # One line like every other error; the usage text is one --help away.
+        where = exc.ctx.command_path if exc.ctx else "releasegate"
+        _echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+        code = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        _echo(f"error: {exc.format_message()}", err=True)
         code = exc.exit_code
     except click.exceptions.Abort:
         _echo("aborted", err=True)

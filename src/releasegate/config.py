@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from releasegate.errors import ConfigError
-from releasegate.secrets import mask_url, register_url
+from releasegate.secrets import mask_url, register_secret, register_url
 
 DEFAULT_CONFIG_NAME = "releasegate.toml"
 ENV_PREFIX = "RELEASEGATE_"
@@ -124,6 +124,163 @@ class LintSection(Section):
     pg_version: str | None = None
 
 
+class RedisSection(Section):
+    """Redis: data migrations and logical backups. Absent ``url_env`` value = no Redis."""
+
+    url_env: EnvVarName = "REDIS_URL"
+    # Key patterns (SCAN MATCH) that backups export and count; the service's keyspace.
+    patterns: list[str] = Field(default_factory=lambda: ["*"])
+    migrations: Path = Path("migrations/redis")
+    version_key: str = "releasegate:redis:version"
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    connect_timeout: Duration = 5.0
+
+
+class QdrantSection(Section):
+    """Qdrant: a server when the ``url_env`` variable is set, else embedded at ``path``."""
+
+    url_env: EnvVarName = "QDRANT_URL"
+    api_key_env: EnvVarName = "QDRANT_API_KEY"
+    path: Path | None = None
+    migrations: Path = Path("migrations/qdrant")
+    # Logical collection names (aliases) that backups and counts cover.
+    collections: list[str] = Field(default_factory=list)
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    verify_sample: int = Field(default=32, ge=0)
+    timeout: Duration = 30.0
+
+
+class BackupSection(Section):
+    dir: Path = Path(".releasegate/backups")
+    postgres_format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(default=2, ge=1, le=64)
+    keep: int = Field(default=5, ge=1)
+    verify_sample: int = Field(default=32, ge=0)
+
+
+class BuildSection(Section):
+    """``releasegate build``: how the service image is built."""
+
+    context: Path = Path(".")
+    dockerfile: str = "Dockerfile"
+    # Image repository; tags are the git sha (and the version when given).
+    repository: str | None = None
+    build_args: dict[str, str] = Field(default_factory=dict)
+    # "auto": build offline (local base image, host-built wheels) when no registry answers.
+    offline: Literal["auto", "always", "never"] = "auto"
+    # Offline mode: the local base image (scripts/build-base-image.sh makes it), passed as
+    # build arg BASE_IMAGE, and the requirements (relative to context) built into wheels/.
+    base_image: str = "releasegate/python:3.11-bookworm"
+    requirements: Path | None = Path("requirements.txt")
+    # Value of the org.opencontainers.image.source label (default: the git remote).
+    source: str | None = None
+
+
+class DeploySection(Section):
+    """``releasegate deploy``: how a color's container runs on the Docker host."""
+
+    container_port: int = Field(default=8000, ge=1, le=65535)
+    blue_port: int = Field(default=18081, ge=1, le=65535)
+    green_port: int = Field(default=18082, ge=1, le=65535)
+    # None: Docker's default bridge with the color's port published on host_ip;
+    # "host": host networking (the app listens on the color's port, see port_env);
+    # any other value: that Docker network, port published as with the bridge.
+    network: str | None = None
+    host_ip: str = "127.0.0.1"
+    # Variable that tells the app which port to listen on (required with host networking).
+    port_env: EnvVarName | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    # Names of host environment variables passed into the container (secrets stay in env).
+    env_passthrough: list[EnvVarName] = Field(default_factory=list)
+    memory: str | None = "512m"
+    cpus: float | None = Field(default=1.0, gt=0)
+    readiness_path: str = "/readyz"
+    ready_timeout: Duration = 60.0
+    drain: Duration = 5.0
+    keep_images: int = Field(default=3, ge=1)
+
+
+class RouterSection(Section):
+    """The HAProxy router in front of blue and green."""
+
+    mode: Literal["host", "container"] = "host"
+    bind: str = Field(default="127.0.0.1:18080", pattern=r"^\S+$")
+    image: str = "haproxy:2.6"
+    # Host mode: the haproxy executable (a name looked up on PATH and in /usr/sbin, or a path).
+    binary: str = "haproxy"
+    runtime_dir: Path = Path(".releasegate/router")
+    health_path: str = Field(default="/healthz", pattern=r"^/\S*$")
+    check_interval: Duration = Field(default=1.0, ge=0.01)
+    maxconn: int = Field(default=4096, ge=1, le=1_000_000)
+    connect_timeout: Duration = 2.0
+    client_timeout: Duration = 30.0
+    server_timeout: Duration = 30.0
+    # How long a soft stop may let open connections finish (haproxy hard-stop-after).
+    stop_timeout: Duration = 10.0
+
+
+class SmokeSection(Section):
+    file: Path = Path("smoke.toml")
+    # Base URL used when ``releasegate smoke`` gets no --target.
+    host: str | None = None
+
+
+def _ratio(value: object) -> float:
+    from releasegate.gates.thresholds import parse_ratio
+
+    return parse_ratio(value)
+
+
+Ratio = Annotated[float, BeforeValidator(_ratio)]
+
+
+class SloCompareSection(Section):
+    """The comparative gate: green may be worse than blue by at most these margins."""
+
+    enabled: bool = False
+    scopes: list[str] = Field(default_factory=lambda: ["total"])
+    latency_metric: Literal["p50", "p90", "p95", "p99", "avg"] = "p95"
+    # Allowed: green <= blue * (1 + latency_margin) + latency_slack.
+    latency_margin: Ratio = 0.2
+    latency_slack: Duration = 0.005
+    # Allowed: green error rate <= blue error rate + error_rate_margin (absolute).
+    error_rate_margin: Ratio = 0.005
+
+
+class SloSection(Section):
+    """The Locust SLO gate; thresholds are k6-style rules per scope ("total" or a name)."""
+
+    locustfile: Path = Path("loadtests/locustfile.py")
+    users: int = Field(default=20, ge=1)
+    spawn_rate: float = Field(default=10.0, gt=0)
+    # The measured window; Locust runs for warmup + duration.
+    duration: Duration = 30.0
+    warmup: Duration = 5.0
+    min_requests: int = Field(default=200, ge=1)
+    processes: int = Field(default=1, ge=1)
+    thresholds: dict[str, list[str]] = Field(default_factory=dict)
+    # Base URL used when ``releasegate gate`` gets no --target.
+    host: str | None = None
+    # Stop early and fail when an upper-bound rule is exceeded by this factor.
+    abort_factor: float | None = Field(default=None, gt=1)
+    # External Locust workers to wait for (distributed mode); releasegate runs the master.
+    workers: int = Field(default=0, ge=0)
+    master_bind_host: str = "127.0.0.1"
+    master_bind_port: int = Field(default=5557, ge=1, le=65535)
+    compare: SloCompareSection = Field(default_factory=SloCompareSection)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _rules(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from releasegate.gates.thresholds import parse_thresholds
+
+        try:
+            parse_thresholds(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class RawConfig(Section):
     """The file as written, after overrides; see README's config reference."""
 
@@ -132,6 +289,14 @@ class RawConfig(Section):
     migrations: MigrationsSection = Field(default_factory=MigrationsSection)
     lock: LockSection = Field(default_factory=LockSection)
     lint: LintSection = Field(default_factory=LintSection)
+    redis: RedisSection | None = None
+    qdrant: QdrantSection | None = None
+    backup: BackupSection = Field(default_factory=BackupSection)
+    build: BuildSection = Field(default_factory=BuildSection)
+    deploy: DeploySection = Field(default_factory=DeploySection)
+    router: RouterSection = Field(default_factory=RouterSection)
+    smoke: SmokeSection = Field(default_factory=SmokeSection)
+    slo: SloSection = Field(default_factory=SloSection)
 
 
 @dataclass(frozen=True)
@@ -161,21 +326,51 @@ class Settings:
     def python_path(self) -> list[Path]:
         return [self.resolve_path(p) for p in self.raw.migrations.python_path]
 
-    def postgres_url(self) -> str:
-        """The Postgres URL from the environment; a config error when it is not set."""
-        var = self.raw.postgres.url_env
+    def _url_from(self, var: str, key: str) -> str:
         url = self.env.get(var, "")
         if not url:
-            raise ConfigError(f"environment variable {var} (postgres.url_env) is not set")
+            raise ConfigError(f"environment variable {var} ({key}) is not set")
         register_url(url)
         return url
+
+    def postgres_url(self) -> str:
+        """The Postgres URL from the environment; a config error when it is not set."""
+        return self._url_from(self.raw.postgres.url_env, "postgres.url_env")
+
+    def redis_url(self) -> str:
+        """The Redis URL from the environment; a config error without a [redis] section."""
+        if self.raw.redis is None:
+            raise ConfigError(f"{self.path.name} has no [redis] section")
+        return self._url_from(self.raw.redis.url_env, "redis.url_env")
+
+    def qdrant_location(self) -> tuple[str | None, Path | None, str | None]:
+        """(server URL, embedded path, API key): a server when its variable is set."""
+        if self.raw.qdrant is None:
+            raise ConfigError(f"{self.path.name} has no [qdrant] section")
+        section = self.raw.qdrant
+        url = self.env.get(section.url_env) or None
+        api_key = self.env.get(section.api_key_env) or None
+        if url:
+            register_url(url)
+            register_secret(api_key)
+            return url, None, api_key
+        if section.path is None:
+            raise ConfigError(
+                f"environment variable {section.url_env} (qdrant.url_env) is not set"
+                " and qdrant.path names no embedded storage"
+            )
+        return None, self.resolve_path(section.path), None
 
     def describe(self) -> dict[str, Any]:
         """The resolved config as plain data, every secret masked."""
         data = self.raw.model_dump(mode="json")
-        var = self.raw.postgres.url_env
-        url = self.env.get(var)
-        data["postgres"]["url"] = mask_url(url) if url else f"<{var} is not set>"
+        for section in ("postgres", "redis", "qdrant"):
+            values = data.get(section)
+            if values is None:
+                continue
+            var = values["url_env"]
+            url = self.env.get(var)
+            values["url"] = mask_url(url) if url else f"<{var} is not set>"
         data["migrations"]["postgres"] = str(self.migrations_dir)
         return {"config": str(self.path), **data}
 

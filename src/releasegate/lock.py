@@ -64,6 +64,34 @@ def find_holder(conn: psycopg.Connection[Any], service: str) -> LockHolder | Non
     return LockHolder(pid=row[0], application_name=row[1], client=row[2], since=row[3])
 
 
+@dataclass
+class HeldLock:
+    """The release lock while it is held: how long it took, and a liveness check."""
+
+    conn: psycopg.Connection[Any]
+    service: str
+    waited: float
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LockNotObtained` if the lock session died or lost the lock.
+
+        Called between steps: a release must not go on once another runner could take over.
+        """
+        try:
+            row = self.conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND objsubid = 2"
+                " AND classid = %s::oid AND objid = %s::oid",
+                (LOCK_NAMESPACE & 0xFFFFFFFF, lock_key(self.service) & 0xFFFFFFFF),
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise LockNotObtained(
+                f"release lock for service '{self.service}' was lost: {db.first_line(exc)}"
+            ) from None
+        if not row or not row[0]:
+            raise LockNotObtained(f"release lock for service '{self.service}' was lost")
+
+
 @contextmanager
 def release_lock(
     url: str,
@@ -73,8 +101,8 @@ def release_lock(
     wait: float,
     poll_interval: float = 0.5,
     connect_timeout: float = 5.0,
-) -> Iterator[float]:
-    """Hold the release lock for ``service`` while the block runs; yields seconds waited.
+) -> Iterator[HeldLock]:
+    """Hold the release lock for ``service`` while the block runs.
 
     Raises :class:`LockNotObtained` (exit 3) naming the holder when ``wait`` runs out.
     """
@@ -95,9 +123,8 @@ def release_lock(
                     f" waited {format_duration(wait)}"
                 )
             time.sleep(min(poll_interval, max(wait - elapsed, 0.01)))
-        waited = time.monotonic() - started
         try:
-            yield waited
+            yield HeldLock(conn, service, time.monotonic() - started)
         finally:
             # A dead session has lost the lock already, and close() frees it anyway.
             with contextlib.suppress(psycopg.Error):

@@ -192,9 +192,7 @@ def test_summary_is_merged_and_redacted_on_finish(ledger: Ledger) -> None:
     secrets.register_secret("sum-secret-42")
     release_id = ledger.start_release("notes", "migrate", "a")
     ledger.finish_release(release_id, Outcome.FAILED, {"a": 1, "b": {"x": 1}})
-    ledger.finish_release(
-        release_id, Outcome.ROLLED_BACK, {"b": {"y": 2}, "c": "sum-secret-42"}
-    )
+    ledger.finish_release(release_id, Outcome.ROLLED_BACK, {"b": {"y": 2}, "c": "sum-secret-42"})
     release = ledger.release(release_id)
     assert release is not None
     assert release.outcome == "rolled_back"

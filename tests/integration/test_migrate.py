@@ -11,6 +11,7 @@ from __future__ import annotations
 import textwrap
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +419,7 @@ def test_a_chain_stops_at_the_failing_revision(project: Any) -> None:
     )
     write_revision(project.versions, "0008", "0007", FAILING_UPGRADE)
 
-    with pytest.raises(MigrationFailed, match="revision 0008 failed.*stays at 0007"):
+    with pytest.raises(MigrationFailed, match=r"revision 0008 failed.*stays at 0007"):
         up(project.settings())
 
     assert db_versions(project.url) == ["0007"]
@@ -625,7 +626,7 @@ def test_two_concurrent_ups_one_wins_the_other_gets_lock_not_obtained(project: A
     lost = [o for o in outcomes if not isinstance(o, MigrateResult)]
     assert len(won) == 1, outcomes
     assert len(lost) == 1, outcomes
-    assert isinstance(lost[0], LockNotObtained)
+    assert isinstance(lost[0], LockNotObtained), "".join(traceback.format_exception(lost[0]))
     assert exit_code_for(lost[0]) == 3
     assert "releasegate/lock migrate up" in str(lost[0])
     assert won[0].after == ("0007",)

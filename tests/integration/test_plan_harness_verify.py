@@ -8,6 +8,7 @@ squawk binary. Each test works on its own copy of the example project (revisions
 from __future__ import annotations
 
 import textwrap
+from typing import LiteralString
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from conftest import Project
 
 from releasegate.errors import ConfigError
 from releasegate.migrations.commands import up
-from releasegate.migrations.harness import HarnessReport, run_test
+from releasegate.migrations.harness import HarnessReport, RevisionCheck, run_test
 from releasegate.migrations.lint import Severity
 from releasegate.migrations.phases import Phase
 from releasegate.migrations.plan import MigrationPlan, PlannedRevision, plan
@@ -78,13 +79,15 @@ def by_id(result: MigrationPlan) -> dict[str, PlannedRevision]:
 
 def database_exists(server_url: str, name: str) -> bool:
     with psycopg.connect(server_url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).one()
+        cur = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        row = cur.fetchone()
+    assert row is not None
     return bool(row[0])
 
 
-def execute(url: str, statement: str) -> None:
+def execute(url: str, statement: LiteralString) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 # -- migrate plan -----------------------------------------------------------------------
@@ -201,6 +204,14 @@ def test_plan_against_the_database_lists_only_pending_revisions(project: Project
     assert result.contract_revisions == ["0006"]
 
 
+def test_plan_from_head_has_nothing_pending(project: Project) -> None:
+    result = plan(project.settings(), "head")
+
+    assert result.current == ("0006",)
+    assert result.revisions == []
+    assert result.lint_failed is False
+
+
 def test_plan_reports_a_syntax_error_as_an_error_finding(project: Project) -> None:
     add_revision(
         project,
@@ -235,7 +246,7 @@ def test_plan_rejects_an_unknown_declared_phase(project: Project) -> None:
 # -- migrate test -----------------------------------------------------------------------
 
 
-def revision_check(report: HarnessReport, rev_id: str):  # type: ignore[no-untyped-def]
+def revision_check(report: HarnessReport, rev_id: str) -> RevisionCheck:
     matches = [r for r in report.revisions if r.revision == rev_id]
     assert len(matches) == 1, [r.revision for r in report.revisions]
     return matches[0]
@@ -284,6 +295,12 @@ def test_harness_fails_a_downgrade_that_leaves_a_trace(project: Project) -> None
     assert check.down == "leaves trace"
     assert any("table public.sticky" in detail for detail in check.details)
     assert any(problem.startswith("0007:") for problem in report.problems)
+    # The table left behind makes the second upgrade fail; the stairway stops there,
+    # and every problem stays a one-line message.
+    assert check.reup == "failed"
+    assert any("already exists" in problem for problem in report.problems)
+    assert all("\n" not in problem for problem in report.problems)
+    assert all(problem.startswith("0007:") for problem in report.problems)
 
 
 def test_harness_reports_drift_from_the_metadata(project: Project) -> None:

@@ -20,9 +20,15 @@ from sqlalchemy.exc import DBAPIError
 
 from releasegate import db
 from releasegate.config import Settings, format_duration
-from releasegate.errors import ConfigError, MigrationFailed, MigrationScriptError, StateError
+from releasegate.errors import (
+    ConfigError,
+    LockNotObtained,
+    MigrationFailed,
+    MigrationScriptError,
+    StateError,
+)
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import release_lock
+from releasegate.lock import HeldLock, release_lock
 from releasegate.migrations.project import (
     AlembicProject,
     Revision,
@@ -194,8 +200,23 @@ class _Migrator:
         self.result = result
         self.on_step = on_step
 
-    def run(self, path: list[Revision]) -> None:
+    def run(self, path: list[Revision], lock: HeldLock) -> None:
         for rev in path:
+            try:
+                lock.ensure_held()
+            except LockNotObtained as exc:
+                now = current_revisions(self.conn)
+                self.result.after = now
+                self.ledger.record_event(
+                    self.result.release_id, "lock", StepStatus.FAILED, None, {"error": str(exc)}
+                )
+                self.ledger.finish_release(
+                    self.result.release_id,
+                    Outcome.FAILED,
+                    {"error": str(exc)},
+                    alembic_after=format_revisions(now),
+                )
+                raise
             self._one(rev)
 
     def _apply(self, rev: Revision) -> None:
@@ -289,7 +310,7 @@ def _migrate(
             wait=settings.raw.lock.wait,
             poll_interval=settings.raw.lock.poll_interval,
             connect_timeout=settings.raw.postgres.connect_timeout,
-        ) as waited,
+        ) as held,
         Ledger.open(url) as ledger,
         sqlalchemy_connection(
             url,
@@ -311,11 +332,11 @@ def _migrate(
             git_sha=git_sha(settings.root),
             alembic_before=format_revisions(current),
         )
-        result = MigrateResult(release_id, direction, current, lock_wait_s=waited)
+        result = MigrateResult(release_id, direction, current, lock_wait_s=held.waited)
         ledger.record_event(
-            release_id, "lock", StepStatus.OK, waited, {"service": settings.service}
+            release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
         )
-        _Migrator(settings, project, conn, ledger, result, on_step).run(path)
+        _Migrator(settings, project, conn, ledger, result, on_step).run(path, held)
         result.after = current_revisions(conn)
         ledger.finish_release(
             release_id,

@@ -59,8 +59,9 @@ class HarnessReport:
 
     scratch_database: str
     revisions: list[RevisionCheck] = field(default_factory=list)
-    drift: list[str] | None = None  # None: no metadata configured
-    lowest_reached: str = "base"
+    drift: list[str] | None = None  # None: not checked (no metadata, or stopped early)
+    lowest_reached: str | None = None  # None: the final downgrade did not run
+    stopped_at: str | None = None  # the revision where the stairway had to stop
     final_differences: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -81,6 +82,7 @@ class HarnessReport:
             "irreversible": self.irreversible,
             "drift": self.drift,
             "lowest_reached": self.lowest_reached,
+            "stopped_at": self.stopped_at,
             "final_differences": self.final_differences,
             "problems": self.problems,
             "duration_s": round(self.duration_s, 3),
@@ -153,11 +155,16 @@ class _Stairway:
                 check.up = "failed"
                 check.details.append(f"upgrade failed: {db.first_line(error)}")
                 self.report.problems.append(f"{rev.id}: upgrade failed: {db.first_line(error)}")
+                self.report.stopped_at = rev.id
                 return False
             check.up = "ok"
             self.after[rev.id] = after = self.snap()
             self._down_and_up(rev, check, before, after)
             self.progress(f"{rev.id}: up {check.up}, down {check.down}, up again {check.reup}")
+            if check.reup == "failed":
+                # The database is no longer at rev.id: the next revision cannot follow.
+                self.report.stopped_at = rev.id
+                return False
             before = after
         return True
 
@@ -185,7 +192,10 @@ class _Stairway:
         _, error = self._timed(lambda: self.project.upgrade_one(self.conn, rev))
         if error:
             check.reup = "failed"
-            self.report.problems.append(f"{rev.id}: upgrade after downgrade failed: {error}")
+            check.details.append(f"upgrade after downgrade failed: {db.first_line(error)}")
+            self.report.problems.append(
+                f"{rev.id}: upgrade after downgrade failed: {db.first_line(error)}"
+            )
             return
         differences = diff(after, self.snap())
         check.reup = "differs" if differences else "ok"

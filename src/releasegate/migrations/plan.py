@@ -10,6 +10,7 @@ revision declares ``releasegate_phase``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from releasegate.migrations.project import (
     current_revisions,
     sqlalchemy_connection,
 )
-from releasegate.migrations.sqltext import split_statements
+from releasegate.migrations.sqltext import split_statements, strip_literals_and_comments
 from releasegate.output import markdown_table
 
 
@@ -122,8 +123,21 @@ def _statements_of(project: AlembicProject, rev: Revision, preamble: list[str]) 
     return preamble + kept
 
 
+# Alembic's own statements on its version table, as rendered offline.
+_BOOKKEEPING_RE = re.compile(
+    r"\s*(?:CREATE\s+TABLE|INSERT\s+INTO|UPDATE|DELETE\s+FROM|DROP\s+TABLE)\s+"
+    r'(?:(?:"[^"]+"|\w+)\s*\.\s*)?(?:"alembic_version"|alembic_version\b)[^;]*',
+    re.IGNORECASE,
+)
+
+
 def _is_bookkeeping(statement: str) -> bool:
-    return "alembic_version" in statement.lower() and classify_statement(statement) is None
+    """A statement on ``alembic_version`` alone.
+
+    A revision's own SQL that the splitter ran on into Alembic's UPDATE (an unclosed
+    parenthesis, a ";" inside a comment) is more than bookkeeping: it is kept and linted.
+    """
+    return _BOOKKEEPING_RE.fullmatch(strip_literals_and_comments(statement)) is not None
 
 
 def build_plan(
@@ -171,7 +185,13 @@ def plan(settings: Settings, from_revision: str | None = None) -> MigrationPlan:
     project = AlembicProject(settings)
     if from_revision is not None:
         start = project.resolve(from_revision)
-        current: tuple[str, ...] | None = () if start == "base" else (start,)
+        current: tuple[str, ...] | None
+        if start == "base":
+            current = ()
+        elif start in ("head", "heads"):
+            current = project.heads()
+        else:
+            current = (start,)
         return build_plan(settings, project, current, None)
     url = settings.postgres_url()
     db.check_url(url, f"${settings.raw.postgres.url_env}")

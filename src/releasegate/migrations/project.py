@@ -208,6 +208,7 @@ class AlembicProject:
                 lambda heads, _ctx: self.script._upgrade_revs(rev.id, heads),
                 destination_rev=rev.id,
             )
+            _end_open_transaction(connection)
         finally:
             self.config.attributes.pop("connection", None)
 
@@ -225,6 +226,7 @@ class AlembicProject:
                 lambda heads, _ctx: self.script._downgrade_revs(destination, heads),
                 destination_rev=destination,
             )
+            _end_open_transaction(connection)
         finally:
             self.config.attributes.pop("connection", None)
 
@@ -240,6 +242,15 @@ class AlembicProject:
             output_buffer=buffer,
         )
         return buffer.getvalue()
+
+
+def _end_open_transaction(connection: Connection) -> None:
+    """Commit what a successful step left open (e.g. a no-op step's reads).
+
+    The next step must again be handed over outside a transaction.
+    """
+    if connection.in_transaction():
+        connection.commit()
 
 
 def current_revisions(connection: Connection) -> tuple[str, ...] | None:

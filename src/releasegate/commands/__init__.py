@@ -1,0 +1,1 @@
+"""Command-line groups loaded lazily by :mod:`releasegate.cli`, one module per concern."""
