@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Runs every benchmark under benchmarks/ and prints its figures.
+# Runs the benchmarks under benchmarks/ and prints their figures.
+#   scripts/bench.sh                 every benchmark, with its default (full) sizes
+#   scripts/bench.sh cli_startup ... only these (file names without .py)
+# Extra arguments for one benchmark: .venv/bin/python benchmarks/NAME.py --help
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/setup.sh"
 ensure_python_env
 start_postgres
+start_redis
+install_load_tools
 cd "$REPO_ROOT"
-for bench in benchmarks/cli_startup.py benchmarks/migrate_overhead.py benchmarks/migrate_test_time.py; do
-  log "$bench"
-  "$VENV/bin/python" "$bench" "$@"
+
+if [ $# -gt 0 ]; then
+  names=("$@")
+else
+  names=()
+  for file in benchmarks/[a-z]*.py; do names+=("$(basename "$file" .py)"); done
+fi
+for name in "${names[@]}"; do
+  log "benchmarks/$name.py"
+  "$VENV/bin/python" "benchmarks/$name.py"
 done

@@ -25,9 +25,9 @@ install_load_tools
 cd "$REPO_ROOT"
 
 log "ruff"
-"$VENV/bin/ruff" check src tests benchmarks migrations examples
-"$VENV/bin/ruff" format --check src tests benchmarks migrations examples
+"$VENV/bin/ruff" check src tests benchmarks migrations examples scripts
+"$VENV/bin/ruff" format --check src tests benchmarks migrations examples scripts
 log "mypy"
 "$VENV/bin/mypy"
 log "pytest"
-PATH="$VENV/bin:$PATH" "$VENV/bin/pytest" -m "$marker" --cov=releasegate --cov-report=term:skip-covered "${pytest_args[@]}"
+PATH="$VENV/bin:$PATH" "$VENV/bin/pytest" -m "$marker" --cov=releasegate --cov-report=term:skip-covered --durations=15 "${pytest_args[@]}"

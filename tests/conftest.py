@@ -53,10 +53,16 @@ def create_database(server_url: str, prefix: str = "rgtest") -> str:
 
 
 def drop_database(server_url: str, name: str) -> None:
+    from releasegate.db import drop_database as drop
+
     with psycopg.connect(server_url, autocommit=True) as conn:
+        # Sessions a test left behind (a killed runner, a scratch pool) go too.
         conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid() AND usename = current_user",
+            (name,),
         )
+        drop(conn, name)
 
 
 @pytest.fixture(scope="session")

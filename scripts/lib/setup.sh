@@ -114,3 +114,9 @@ start_docker() {
 install_load_tools() {
   apt_install haproxy wrk hey
 }
+
+ensure_base_image() {
+  # The local base image of offline builds (no registry needed); built once per machine.
+  start_docker
+  "$REPO_ROOT/scripts/build-base-image.sh" "$@"
+}

@@ -19,7 +19,6 @@ from releasegate import __version__
 
 if TYPE_CHECKING:
     from releasegate.config import Settings
-    from releasegate.migrations.commands import StepResult
 
 
 @dataclass
@@ -51,9 +50,23 @@ def _echo_json(data: Any) -> None:
 # Command groups that live in their own modules under releasegate/commands/, imported only
 # when invoked; the short help is kept here so ``--help`` does not import them.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "backup": (
+        "releasegate.commands.backup:backup",
+        "Restore points of every store: create, verify, restore, prune.",
+    ),
     "router": (
         "releasegate.commands.router:router",
-        "Run HAProxy in front of blue and green; switch traffic via its runtime API.",
+        "HAProxy in front of blue and green, driven by its runtime API.",
+    ),
+    "smoke": ("releasegate.commands.gates:smoke", "Run the smoke checks against one URL."),
+    "gate": ("releasegate.commands.gates:gate", "Run the Locust SLO gate against one URL."),
+    "build": ("releasegate.commands.deploy:build", "Build the service image (offline or not)."),
+    "deploy": ("releasegate.commands.deploy:deploy", "Run an image as blue or green; wait ready."),
+    "ps": ("releasegate.commands.deploy:ps", "Show both colors: image, health, port, weight."),
+    "stop": ("releasegate.commands.deploy:stop", "Stop and remove one color's container."),
+    "status": (
+        "releasegate.commands.status:status",
+        "Every store's version, the last backup and the last release.",
     ),
 }
 
@@ -211,82 +224,120 @@ def history(
 
 @cli.group("migrate")
 def migrate() -> None:
-    """See, lint, apply, test and undo Postgres (Alembic) migrations."""
+    """See, lint, apply, test and undo migrations of every store."""
+
+
+STORE_OPTION = click.option(
+    "--store",
+    type=click.Choice(["postgres", "redis", "qdrant"]),
+    help="Only this store (default: every configured store, in order).",
+)
+
+
+def _print_postgres_status(result: Any) -> None:
+    from releasegate.migrations.commands import DbState, format_revisions
+
+    _echo(f"postgres: {result.target}")
+    _echo(f"  current:  {format_revisions(result.current)}")
+    _echo(f"  head:     {', '.join(result.heads) or '(no revisions)'}")
+    if result.state is DbState.NEVER_MIGRATED:
+        _echo("  state:    never migrated (no alembic_version table)")
+    elif result.state is DbState.UP_TO_DATE:
+        _echo("  state:    up to date")
+    if result.pending:
+        _echo(f"  pending:  {len(result.pending)}")
+        for rev in result.pending:
+            _echo(f"    {rev.id}  {rev.doc}")
+
+
+def _print_store_status(store: str, result: Any) -> None:
+    if store == "postgres":
+        _print_postgres_status(result)
+    else:
+        data = result.to_dict()
+        current = data.get("current", data.get("version"))
+        _echo(f"{store}: {data['target']}")
+        _echo(f"  current:  {current}")
+        pending = data.get("pending", [])
+        _echo(f"  pending:  {len(pending)}" if pending else "  state:    up to date")
+        for item in pending:
+            _echo(f"    {item.get('version')}  {item.get('doc') or item.get('name') or ''}")
+    for problem in result.problems:
+        _echo(f"  problem:  {problem}")
 
 
 @migrate.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per store).")
 @pass_state
-def migrate_status(state: CliState, as_json: bool) -> int:
-    """Current revision(s), head(s) and pending revisions; exit 1 on a problem."""
-    from releasegate.migrations.commands import DbState, format_revisions, status
+def migrate_status(state: CliState, store: str | None, as_json: bool) -> int:
+    """Where each store stands: current version, head, pending; exit 1 on a problem."""
+    from releasegate.migrations import stores
 
-    result = status(state.settings())
+    settings = state.settings()
+    results = stores.status(settings, stores.select_stores(settings, store))
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json({name: result.to_dict() for name, result in results.items()})
     else:
-        _echo(f"database: {result.target}")
-        _echo(f"current:  {format_revisions(result.current)}")
-        _echo(f"head:     {', '.join(result.heads) or '(no revisions)'}")
-        if result.state is DbState.NEVER_MIGRATED:
-            _echo("state:    never migrated (no alembic_version table)")
-        elif result.state is DbState.UP_TO_DATE:
-            _echo("state:    up to date")
-        if result.pending:
-            _echo(f"pending:  {len(result.pending)}")
-            for rev in result.pending:
-                _echo(f"  {rev.id}  {rev.doc}")
-        for problem in result.problems:
-            _echo(f"problem:  {problem}")
-    return 0 if result.ok else 1
+        for name, result in results.items():
+            _print_store_status(name, result)
+    return 0 if all(result.ok for result in results.values()) else 1
 
 
-def _print_step(step: StepResult) -> None:
+def _print_step(step: Any) -> None:
     mark = "ok" if step.status == "ok" else step.status.upper()
-    retries = f" after {step.attempts} attempts" if step.attempts > 1 else ""
+    note = f"  {step.note}" if step.note else ""
     _echo(
-        f"  {step.direction} {step.revision:<16} {mark:<7}"
-        f" {step.duration_s * 1000:8.0f} ms{retries}"
+        f"  {step.store:<8} {step.direction:<4} {step.version:<16} {mark:<7}"
+        f" {step.duration_s * 1000:8.0f} ms{note}"
     )
 
 
-def _print_migrate_result(result: Any, as_json: bool) -> None:
-    from releasegate.migrations.commands import format_revisions
-
+def _print_migrate_results(results: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _echo_json(result.to_dict())
+        _echo_json({store: result.to_dict() for store, result in results.items()})
         return
-    if not result.steps:
-        _echo(f"nothing to do: the database is at {format_revisions(result.after)}")
-    _echo(
-        f"{format_revisions(result.before)} -> {format_revisions(result.after)}"
-        f" (ledger release {result.release_id})"
-    )
+    for store, result in results.items():
+        data = result.to_dict()
+        done = "" if result.steps else " (nothing to do)"
+        _echo(
+            f"{store}: {data['before']} -> {data['after']}{done}"
+            f" (ledger release {data['release_id']})"
+        )
 
 
 @migrate.command("up")
-@click.option("--to", "to", metavar="REV", help="Stop at this revision (default: head).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@STORE_OPTION
+@click.option("--to", "to", metavar="REV", help="Stop at this version (needs --store).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per store).")
 @pass_state
-def migrate_up(state: CliState, to: str | None, as_json: bool) -> int:
-    """Apply pending revisions under the release lock, one transaction each."""
-    from releasegate.migrations.commands import up
+def migrate_up(state: CliState, store: str | None, to: str | None, as_json: bool) -> int:
+    """Apply pending migrations: Postgres, then Redis, then Qdrant, under the release lock.
 
-    result = up(state.settings(), to, on_step=None if as_json else _print_step)
-    _print_migrate_result(result, as_json)
+    With --to and no --store, the version is a Postgres revision.
+    """
+    from releasegate.migrations import stores
+
+    settings = state.settings()
+    selected = stores.select_stores(settings, store or ("postgres" if to else None))
+    results = stores.up(settings, selected, to, on_step=None if as_json else _print_step)
+    _print_migrate_results(results, as_json)
     return 0
 
 
 @migrate.command("down")
-@click.option("--to", "to", metavar="REV", required=True, help="Target revision, or 'base'.")
+@STORE_OPTION
+@click.option("--to", "to", metavar="REV", required=True, help="Target version, or 'base'.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
-def migrate_down(state: CliState, to: str, as_json: bool) -> int:
-    """Undo revisions down to REV under the release lock."""
-    from releasegate.migrations.commands import down
+def migrate_down(state: CliState, store: str | None, to: str, as_json: bool) -> int:
+    """Undo one store's migrations down to REV (default store: postgres)."""
+    from releasegate.migrations import stores
 
-    result = down(state.settings(), to, on_step=None if as_json else _print_step)
-    _print_migrate_result(result, as_json)
+    settings = state.settings()
+    [selected] = stores.select_stores(settings, store or "postgres")
+    result = stores.down(settings, selected, to, on_step=None if as_json else _print_step)
+    _print_migrate_results({selected: result}, as_json)
     return 0
 
 

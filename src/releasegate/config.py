@@ -156,6 +156,8 @@ class BackupSection(Section):
     jobs: int = Field(default=2, ge=1, le=64)
     keep: int = Field(default=5, ge=1)
     verify_sample: int = Field(default=32, ge=0)
+    # Preflight: free space must be at least the size estimate times this; 0 skips the check.
+    free_space_factor: float = Field(default=1.0, ge=0)
 
 
 class BuildSection(Section):
@@ -281,6 +283,17 @@ class SloSection(Section):
         return value
 
 
+class ReleaseSection(Section):
+    """``releasegate release``: the pipeline's own settings."""
+
+    verify_backup: bool = True
+    # Post-promotion watch through the router: smoke, then a short SLO check this long.
+    watch: Duration = 10.0
+    watch_users: int = Field(default=5, ge=1)
+    # Where JSON and Markdown evidence reports are written.
+    report_dir: Path = Path(".releasegate/reports")
+
+
 class RawConfig(Section):
     """The file as written, after overrides; see README's config reference."""
 
@@ -297,6 +310,7 @@ class RawConfig(Section):
     router: RouterSection = Field(default_factory=RouterSection)
     smoke: SmokeSection = Field(default_factory=SmokeSection)
     slo: SloSection = Field(default_factory=SloSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ is doing what.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,6 +126,20 @@ def scratch_database(
         yield with_database(url, name)
     finally:
         with connect(admin_url, "scratch", connect_timeout=connect_timeout) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            drop_database(admin, name)
+
+
+def drop_database(admin: psycopg.Connection[Any], name: str, attempts: int = 20) -> None:
+    """Drop a database, waiting out sessions that are about to leave.
+
+    A plain DROP is tried first: it also stops an autovacuum worker in the database,
+    which ``WITH (FORCE)`` refuses to terminate for a role that is not a superuser.
+    """
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    for _ in range(attempts):
+        try:
+            admin.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            time.sleep(0.1)
+    admin.execute(statement + sql.SQL(" WITH (FORCE)"))

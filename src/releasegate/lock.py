@@ -10,6 +10,7 @@ drops. The holder is named through its ``application_name``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -105,7 +106,48 @@ def release_lock(
     """Hold the release lock for ``service`` while the block runs.
 
     Raises :class:`LockNotObtained` (exit 3) naming the holder when ``wait`` runs out.
+    Inside :func:`shared` for the same service and thread, the held lock is reused.
     """
+    reused = getattr(_local, "shared", {}).get(service)
+    if reused is not None:
+        yield reused
+        return
+    with _acquire(url, service, purpose, wait, poll_interval, connect_timeout) as lock:
+        yield lock
+
+
+_local = threading.local()
+
+
+@contextmanager
+def shared(lock: HeldLock) -> Iterator[HeldLock]:
+    """Let code in this thread reuse ``lock`` instead of taking the release lock again.
+
+    A release holds the lock for its whole run and calls operations (``migrate up``,
+    backups, restores) that take it themselves; they must not wait for it.
+    """
+    table: dict[str, HeldLock] = getattr(_local, "shared", {})
+    _local.shared = table
+    previous = table.get(lock.service)
+    table[lock.service] = lock
+    try:
+        yield lock
+    finally:
+        if previous is None:
+            table.pop(lock.service, None)
+        else:
+            table[lock.service] = previous
+
+
+@contextmanager
+def _acquire(
+    url: str,
+    service: str,
+    purpose: str,
+    wait: float,
+    poll_interval: float,
+    connect_timeout: float,
+) -> Iterator[HeldLock]:
     conn = db.connect(url, f"lock {purpose}", connect_timeout=connect_timeout)
     key = (LOCK_NAMESPACE, lock_key(service))
     started = time.monotonic()

@@ -227,7 +227,7 @@ def test_lock_held_by_another_runner(project: Project, monkeypatch: pytest.Monke
     # Nothing was applied.
     status = run(project, "migrate", "status", "--json")
     assert status.code == 0, status.output
-    assert json.loads(status.stdout)["state"] == "never_migrated"
+    assert json.loads(status.stdout)["postgres"]["state"] == "never_migrated"
 
 
 # -- state problems (exit 1) ---------------------------------------------------------
@@ -348,5 +348,5 @@ def test_migrate_up_then_history(project: Project) -> None:
 
     again = run(project, "migrate", "up")
     assert again.code == 0, again.output
-    assert "nothing to do: the database is at 0006" in again.stdout
+    assert "postgres: 0006 -> 0006 (nothing to do)" in again.stdout
     assert len(json.loads(run(project, "history", "--json").stdout)) == 2

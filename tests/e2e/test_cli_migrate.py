@@ -155,7 +155,7 @@ def test_status_and_history_after_up(project: Project) -> None:
     assert "pending:  6" in before.stdout
 
     assert migrated.code == 0, migrated.output
-    release_id = json.loads(migrated.stdout)["release_id"]
+    release_id = json.loads(migrated.stdout)["postgres"]["release_id"]
 
     assert after.code == 0, after.output
     assert "state:    up to date" in after.stdout

@@ -95,6 +95,14 @@ def columns(url: str, table: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
 def releases(url: str, service: str) -> list[Release]:
     """Every ledger release of ``service``, oldest first, with their events."""
     with Ledger.open(url) as ledger:
@@ -262,7 +270,7 @@ def test_down_to_base_stops_at_the_irreversible_revision(project: Any) -> None:
     assert "stays at 0005" in str(info.value)
     assert exit_code_for(info.value) == ExitCode.CHECK_FAILED
     assert db_versions(project.url) == ["0005"]
-    assert "users" in _tables(project.url)
+    assert "users" in tables(project.url)
 
     release = last_release(project.url, project.service)
     assert release.outcome == Outcome.FAILED
@@ -275,21 +283,13 @@ def test_down_to_base_stops_at_the_irreversible_revision(project: Any) -> None:
     assert "original case" in failed["downgrade 0005"]["error"]
 
 
-def _tables(url: str) -> set[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchall()
-    return {row[0] for row in rows}
-
-
 def test_down_then_up_again_round_trips(project: Any) -> None:
     settings = project.settings()
     up(settings, to="0004")
 
     down(settings, to="base")
     assert db_versions(project.url) == []
-    assert _tables(project.url) == {"alembic_version"}
+    assert tables(project.url) == {"alembic_version"}
 
     up(settings)
     assert db_versions(project.url) == ["0006"]

@@ -219,6 +219,20 @@ class Ledger:
             [*columns.values(), release_id],
         )
 
+    def merge_summary(self, release_id: int, summary: Mapping[str, Any]) -> None:
+        """Merge keys into a release's summary while it runs (e.g. its undo log)."""
+        self.conn.execute(
+            f"UPDATE {LEDGER_SCHEMA}.releases SET summary = summary || %s WHERE id = %s",
+            (_clean(summary), release_id),
+        )
+
+    def set_outcome(self, release_id: int, outcome: Outcome) -> None:
+        """Change the outcome of a finished release (e.g. rolled back later by hand)."""
+        self.conn.execute(
+            f"UPDATE {LEDGER_SCHEMA}.releases SET outcome = %s WHERE id = %s",
+            (str(outcome), release_id),
+        )
+
     def finish_release(
         self,
         release_id: int,

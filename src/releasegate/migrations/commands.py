@@ -336,7 +336,18 @@ def _migrate(
         ledger.record_event(
             release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
         )
-        _Migrator(settings, project, conn, ledger, result, on_step).run(path, held)
+        try:
+            _Migrator(settings, project, conn, ledger, result, on_step).run(path, held)
+        except (MigrationFailed, LockNotObtained):
+            raise  # already recorded with the revision that failed
+        except BaseException as exc:
+            # Anything else (an interrupt, a failing callback): close the release honestly.
+            ledger.finish_release(
+                release_id,
+                Outcome.FAILED,
+                {"error": f"interrupted: {type(exc).__name__}: {db.first_line(exc)}"},
+            )
+            raise
         result.after = current_revisions(conn)
         ledger.finish_release(
             release_id,
@@ -360,7 +371,7 @@ def up(
     project = AlembicProject(settings)
     heads = project.heads()
     # Alembic cannot resolve 'head' among several heads (it raises MultipleHeads).
-    if to in (None, "head") and len(heads) > 1:
+    if to in (None, "head", "heads") and len(heads) > 1:
         raise MigrationScriptError(multiple_heads_problem(heads))
     target = project.resolve(to or "head")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import io
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ from releasegate.errors import ConfigError, InfraError, MigrationScriptError
 from releasegate.ledger.schema import LEDGER_SCHEMA
 
 OFFLINE_URL = "postgresql+psycopg://"
+
+# CPython 3.11 keeps ast.parse's recursion depth per interpreter, not per thread:
+# two threads parsing at once can fail with "SystemError: AST constructor recursion
+# depth mismatch" (python/cpython#106905). Projects loaded from threads parse in turn.
+_AST_PARSE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ def _irreversible_reason(path: Path) -> str | None:
     without running anything.
     """
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        source = path.read_text(encoding="utf-8")
+        with _AST_PARSE_LOCK:
+            tree = ast.parse(source)
     except (OSError, SyntaxError):
         return None
     for node in tree.body:

@@ -79,10 +79,16 @@ from qdrant_client import QdrantClient, models
 
 from releasegate.backup.qdrant import Reservoir, compare_points
 from releasegate.config import Settings
-from releasegate.errors import ConfigError, MigrationFailed, MigrationScriptError, StateError
+from releasegate.errors import (
+    ConfigError,
+    LockNotObtained,
+    MigrationFailed,
+    MigrationScriptError,
+    StateError,
+)
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.ledger.schema import LEDGER_SCHEMA
-from releasegate.lock import release_lock
+from releasegate.lock import HeldLock, release_lock
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores.qdrant import (
     CollectionSpec,
@@ -415,6 +421,8 @@ class MigrationContext:
         self.may_resume = may_resume
         self.verified = False
         self.drop_new = False
+        # What up() is doing: "up", "create", "copy", "verify", then "swap" (engine).
+        self.phase = "up"
         # Counts reported in the ledger event of this migration.
         self.report: dict[str, Any] = {}
         self._on_copy_start = on_copy_start
@@ -460,9 +468,11 @@ class MigrationContext:
         built again, so stale points never survive.
         """
         self._spec = spec
+        self.phase = "create"
         if self.store.exists(self.new):
             existing = self.store.spec(self.new)
-            same = (existing.vectors, existing.sparse_vectors) == (spec.vectors, spec.sparse_vectors)
+            have, want = existing.summary(), spec.summary()
+            same = all(have[k] == want[k] for k in ("vectors", "sparse_vectors"))
             if self.may_resume and same:
                 for name, schema in spec.payload_indexes.items():
                     if existing.payload_indexes.get(name) != schema:
@@ -492,6 +502,7 @@ class MigrationContext:
         """
         if self._spec is None:
             raise MigrationScriptError(f"{self.migration.path.name}: copy() before create_new()")
+        self.phase = "copy"
         if self._on_copy_start:
             self._on_copy_start({"old": self.old, "new": self.new, "resume": self._resume_from})
         written = 0
@@ -528,6 +539,7 @@ class MigrationContext:
         payload equal); with ``keep_payload`` every old payload key must keep its value;
         ``check(old_point, new_point)`` may return a reason for a mismatch.
         """
+        self.phase = "verify"
         spec = self._spec or self.store.spec(self.new)
         got = self.store.spec(self.new).summary()
         if got != spec.summary():
@@ -702,14 +714,36 @@ class _Runner:
         ledger: Ledger,
         result: QdrantMigrateResult,
         on_step: QdrantStepCallback | None,
+        lock: HeldLock,
+        migrations: list[QdrantMigration],
     ) -> None:
         assert settings.raw.qdrant is not None
+        self.lock = lock
+        self.migrations = migrations
         self.settings = settings
         self.section = settings.raw.qdrant
         self.store = store
         self.ledger = ledger
         self.result = result
         self.on_step = on_step
+
+    def check_lock(self) -> None:
+        """Stop (recording why) when the release lock was lost between migrations."""
+        try:
+            self.lock.ensure_held()
+        except LockNotObtained as exc:
+            now = _status(self.store, self.migrations).version
+            self.result.after = now
+            self.ledger.record_event(
+                self.result.release_id, "lock", StepStatus.FAILED, None, {"error": str(exc)}
+            )
+            self.ledger.finish_release(
+                self.result.release_id,
+                Outcome.FAILED,
+                {"store": "qdrant", "error": str(exc)},
+                qdrant_after=now,
+            )
+            raise
 
     def _context(self, m: QdrantMigration, may_resume: bool) -> MigrationContext:
         def copy_started(detail: dict[str, Any]) -> None:
@@ -729,25 +763,23 @@ class _Runner:
     def up(self, m: QdrantMigration) -> None:
         started = time.monotonic()
         ctx = self._context(m, _may_resume(self.ledger, self.settings.service, m.version))
-        phase = "up"
         try:
             m.module.up(ctx)
             if not ctx.verified:
                 raise VerificationFailed(
                     f"up() of {m.path.name} did not verify {m.new} (call ctx.rebuild or ctx.verify)"
                 )
-            phase = "swap"
+            ctx.phase = "swap"
+            self.lock.ensure_held()  # the swap is the commit point: only under the lock
             self.store.set_aliases({m.collection: m.new})
         except Exception as exc:
-            verification = isinstance(exc, VerificationFailed)
-            if verification and self.store.exists(m.new):
-                self.store.drop_collection(m.new)  # known wrong: never resume from it
-                ctx.report["dropped_new"] = True
-            elif not verification and phase == "up" and "copied" in ctx.report or (
-                not verification and ctx._spec is not None
-            ):
-                phase = "copy"
-            self._fail(m, Direction.UP, exc, time.monotonic() - started, ctx, phase)
+            if isinstance(exc, VerificationFailed):
+                if self.store.exists(m.new):
+                    self.store.drop_collection(m.new)  # known wrong: never resume from it
+                    ctx.report["dropped_new"] = True
+            elif ctx.phase == "create":
+                ctx.phase = "copy"  # nothing copied yet: the next run may start over or resume
+            self._fail(m, Direction.UP, exc, time.monotonic() - started, ctx, ctx.phase)
         self._ok(m, Direction.UP, time.monotonic() - started, ctx, m.new)
 
     def down(self, m: QdrantMigration) -> None:
@@ -785,8 +817,10 @@ class _Runner:
         self, m: QdrantMigration, direction: Direction, took: float, ctx: MigrationContext, at: str
     ) -> None:
         detail = {"from": m.old, "to": m.new, **ctx.report}
-        self._record(m, QdrantStepResult(m.version, m.collection, direction, StepStatus.OK, took,
-                                         at, detail))  # fmt: skip
+        outcome = QdrantStepResult(
+            m.version, m.collection, direction, StepStatus.OK, took, at, detail
+        )
+        self._record(m, outcome)
 
     def _fail(
         self,
@@ -807,7 +841,7 @@ class _Runner:
             m.version, m.collection, direction, StepStatus.FAILED, took, at, detail, error
         )
         self._record(m, outcome)
-        now = applied_version(self.settings, self.store)
+        now = _status(self.store, self.migrations).version
         self.result.after = now
         self.ledger.finish_release(
             self.result.release_id,
@@ -815,7 +849,8 @@ class _Runner:
             {"store": "qdrant", "failed_version": m.version, "error": error},
             qdrant_after=now,
         )
-        kept = " (kept: the next 'up' resumes the copy)" if phase == "copy" else ""
+        resumable = phase == "copy" and self.store.exists(m.new)
+        kept = f"; {m.new} is kept and the next 'up' resumes the copy" if resumable else ""
         raise MigrationFailed(
             f"Qdrant migration {m.version} failed: {error}; alias {m.collection} still points"
             f" at {at}{kept} (ledger release {self.result.release_id})"
@@ -825,7 +860,7 @@ class _Runner:
 @contextmanager
 def _session(
     settings: Settings, direction: Direction, store: QdrantStore | None
-) -> Iterator[tuple[QdrantStore, Ledger, float]]:
+) -> Iterator[tuple[QdrantStore, Ledger, HeldLock]]:
     url = settings.postgres_url()
     purpose = f"qdrant migrate {direction}"
     with (
@@ -836,11 +871,11 @@ def _session(
             wait=settings.raw.lock.wait,
             poll_interval=settings.raw.lock.poll_interval,
             connect_timeout=settings.raw.postgres.connect_timeout,
-        ) as waited,
+        ) as held,
         Ledger.open(url) as ledger,
         using(settings, store) as st,
     ):
-        yield st, ledger, waited
+        yield st, ledger, held
 
 
 def _migrate(
@@ -851,7 +886,7 @@ def _migrate(
     on_step: QdrantStepCallback | None,
 ) -> QdrantMigrateResult:
     migrations = load_migrations(settings)
-    with _session(settings, direction, store) as (st, ledger, waited):
+    with _session(settings, direction, store) as (st, ledger, held):
         now = _status(st, migrations)
         path = choose(now)
         blocking = [
@@ -868,12 +903,13 @@ def _migrate(
             git_sha=git_sha(settings.root),
             qdrant_before=now.version,
         )
-        result = QdrantMigrateResult(release_id, direction, now.version, lock_wait_s=waited)
+        result = QdrantMigrateResult(release_id, direction, now.version, lock_wait_s=held.waited)
         ledger.record_event(
-            release_id, "lock", StepStatus.OK, waited, {"service": settings.service}
+            release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
         )
-        runner = _Runner(settings, st, ledger, result, on_step)
+        runner = _Runner(settings, st, ledger, result, on_step, held, migrations)
         for m in path:
+            runner.check_lock()
             runner.up(m) if direction is Direction.UP else runner.down(m)
         result.after = _status(st, migrations).version
         ledger.finish_release(

@@ -1,0 +1,53 @@
+"""Versioned Redis data migrations: Python modules run with resumable, atomic helpers.
+
+Public API (the CLI's ``migrate ... --store redis`` calls these):
+
+- :func:`status` ``(settings) -> RedisStatus``: current version, head, pending, interrupted runs;
+- :func:`up` ``(settings, to=None, *, on_step=None, on_progress=None) -> RedisMigrateResult``;
+- :func:`down` ``(settings, to, *, on_step=None, on_progress=None) -> RedisMigrateResult``.
+
+Migration modules (``migrations/redis/NNNN_name.py``) define ``up(ctx)`` and ``down(ctx)``;
+``ctx`` is a :class:`MigrationContext` with the client and the helpers ``rename_keys``,
+``transform_json``, ``rename_and_transform`` and ``set_ttl``; :func:`field_map` builds the
+usual JSON field-renaming transform. See :mod:`.engine` and :mod:`.helpers`.
+"""
+
+from releasegate.migrations.redis.engine import (
+    Direction,
+    MigrationContext,
+    RedisMigrateResult,
+    RedisMigration,
+    RedisState,
+    RedisStatus,
+    RedisStepResult,
+    down,
+    load_migrations,
+    status,
+    up,
+)
+from releasegate.migrations.redis.helpers import (
+    Progress,
+    StepStats,
+    camel_to_snake,
+    field_map,
+    snake_to_camel,
+)
+
+__all__ = [
+    "Direction",
+    "MigrationContext",
+    "Progress",
+    "RedisMigrateResult",
+    "RedisMigration",
+    "RedisState",
+    "RedisStatus",
+    "RedisStepResult",
+    "StepStats",
+    "camel_to_snake",
+    "down",
+    "field_map",
+    "load_migrations",
+    "snake_to_camel",
+    "status",
+    "up",
+]

@@ -1,0 +1,656 @@
+"""Versioned Redis data migrations: loading, status, up and down, with the ledger.
+
+A migration is a Python module in the ``redis.migrations`` folder named ``NNNN_name.py``
+(``0001_sessions_snake_case.py``) with a docstring and two functions, ``up(ctx)`` and
+``down(ctx)``, where ``ctx`` is a :class:`MigrationContext`. The version reached is kept in
+Redis under ``redis.version_key`` (``"0001"``; absent = base) and mirrored in the ledger.
+
+``up`` and ``down`` mirror ``releasegate migrate up/down`` for Postgres
+(:mod:`releasegate.migrations.commands`): they hold the service's release lock, open a
+ledger release of kind ``migrate`` with ``redis_before``/``redis_after``, and record one
+event per version (``redis upgrade 0001``) with its duration and key counts. A version
+that fails or is interrupted leaves Redis at the previous version with its progress in a
+checkpoint hash; running the same command again resumes it (see
+:mod:`releasegate.migrations.redis.helpers` for why that is safe).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+import redis
+
+from releasegate import db
+from releasegate.config import RedisSection, Settings
+from releasegate.errors import (
+    ConfigError,
+    LockNotObtained,
+    MigrationFailed,
+    MigrationScriptError,
+    ReleasegateError,
+    StateError,
+)
+from releasegate.ledger import Ledger, Outcome, StepStatus
+from releasegate.lock import HeldLock, release_lock
+from releasegate.migrations.redis.helpers import (
+    Checkpoint,
+    Helpers,
+    ProgressCallback,
+    StepStats,
+    checkpoint_key,
+    progress_of,
+)
+from releasegate.runinfo import git_sha, performer
+from releasegate.stores import redis as stores
+
+log = logging.getLogger("releasegate.redis.migrations")
+
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.py$")
+BASE = "base"
+
+
+class Direction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class RedisState(StrEnum):
+    NEVER_MIGRATED = "never_migrated"
+    UP_TO_DATE = "up_to_date"
+    PENDING = "pending"
+    UNKNOWN_VERSION = "unknown_version"
+
+
+# -- the migrations folder ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisMigration:
+    """One migration module."""
+
+    version: str  # "0001"
+    name: str  # "sessions_snake_case"
+    path: Path
+    doc: str  # first line of the docstring
+    module: ModuleType = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "name": self.name, "doc": self.doc}
+
+
+def migrations_dir(settings: Settings) -> Path:
+    return settings.resolve_path(_section(settings).migrations)
+
+
+def load_migrations(folder: Path, python_path: list[Path] | None = None) -> list[RedisMigration]:
+    """The migrations of ``folder`` in version order; :class:`MigrationScriptError` on a bad one.
+
+    Files that do not start with a digit are ignored (helpers, ``__init__.py``); a file that
+    does must be named ``NNNN_name.py``, load, have a docstring and define ``up`` and ``down``.
+    """
+    if not folder.is_dir():
+        raise MigrationScriptError(
+            f"redis migrations folder not found: {folder.name} (redis.migrations in the config)"
+        )
+    for extra in python_path or []:
+        if str(extra) not in sys.path:
+            sys.path.insert(0, str(extra))
+    found: dict[str, RedisMigration] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.name[:1].isdigit() or path.suffix != ".py":
+            continue
+        match = _FILE_RE.match(path.name)
+        if not match:
+            raise MigrationScriptError(
+                f"redis migration {path.name}: name it NNNN_name.py (four digits, lower case)"
+            )
+        version, name = match.groups()
+        if version in found:
+            first = found[version].path.name
+            raise MigrationScriptError(
+                f"redis migrations {first} and {path.name} share version {version}"
+            )
+        module = _import(path, version)
+        doc = (module.__doc__ or "").strip()
+        if not doc:
+            raise MigrationScriptError(f"redis migration {path.name} has no docstring")
+        for fn in ("up", "down"):
+            if not callable(getattr(module, fn, None)):
+                raise MigrationScriptError(f"redis migration {path.name} defines no {fn}(ctx)")
+        found[version] = RedisMigration(version, name, path, doc.splitlines()[0], module)
+    if "0000" in found:
+        raise MigrationScriptError("redis migration version 0000 is reserved for the base")
+    return [found[v] for v in sorted(found)]
+
+
+def _import(path: Path, version: str) -> ModuleType:
+    module_name = f"releasegate_redis_migration_{version}_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise MigrationScriptError(f"redis migration {path.name} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise MigrationScriptError(
+            f"redis migration {path.name} has a syntax error at line {exc.lineno}: {exc.msg}"
+        ) from None
+    except Exception as exc:
+        raise MigrationScriptError(
+            f"redis migration {path.name} fails to load: {type(exc).__name__}: {db.first_line(exc)}"
+        ) from None
+    return module
+
+
+# -- the context handed to migrations ---------------------------------------------------------
+
+
+class MigrationContext(Helpers):
+    """What ``up(ctx)`` and ``down(ctx)`` receive.
+
+    - ``ctx.client``: the ``redis.Redis`` client (bytes in, bytes out);
+    - ``ctx.batch_size``: keys per SCAN page and per atomic batch (``redis.batch_size``);
+    - ``ctx.version`` and ``ctx.direction`` (``"up"``/``"down"``);
+    - ``ctx.log(message)``: a progress line (logger ``releasegate.redis.migrations``);
+    - the helpers: :meth:`rename_keys`, :meth:`transform_json`,
+      :meth:`rename_and_transform`, :meth:`set_ttl` (see
+      :class:`~releasegate.migrations.redis.helpers.Helpers`).
+
+    Anything a migration does directly with ``ctx.client`` must be idempotent itself:
+    only the helpers are checkpointed.
+    """
+
+    def log(self, message: str) -> None:
+        log.info("redis %s %s: %s", self.direction, self.version, message)
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+def format_version(version: str | None) -> str:
+    return version if version else BASE
+
+
+@dataclass(frozen=True)
+class RedisStatus:
+    """Where a Redis stands against the migrations folder."""
+
+    target: str
+    current: str | None  # None: base (never migrated, or migrated all the way down)
+    head: str | None
+    pending: list[RedisMigration]
+    state: RedisState
+    problems: list[str]
+    interrupted: dict[str, Any]  # "<version>:<direction>" -> checkpoint progress
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "current": format_version(self.current),
+            "head": format_version(self.head),
+            "state": str(self.state),
+            "pending": [m.to_dict() for m in self.pending],
+            "problems": self.problems,
+            "interrupted": self.interrupted,
+        }
+
+
+def _section(settings: Settings) -> RedisSection:
+    if settings.raw.redis is None:
+        raise ConfigError(f"{settings.path.name} has no [redis] section")
+    return settings.raw.redis
+
+
+def _connect(settings: Settings, purpose: str) -> redis.Redis:
+    section = _section(settings)
+    return stores.connect(
+        settings.redis_url(),
+        purpose=purpose,
+        timeout=section.connect_timeout,
+        source=f"${section.url_env}",
+    )
+
+
+def read_version(client: redis.Redis, version_key: str) -> str | None:
+    """The version stored in Redis; None when absent."""
+    value = client.get(version_key)
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return None if text in ("", "0000", BASE) else text
+
+
+def _interrupted(client: redis.Redis, version_key: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key in client.scan_iter(
+        match=stores.glob_escape(version_key) + ":checkpoint:*", count=1000
+    ):
+        name = bytes(key).decode().rsplit(":checkpoint:", 1)[1]
+        found[name] = progress_of(Checkpoint(client, bytes(key).decode(), "").fields)
+    return found
+
+
+def _unknown_problem(current: str) -> str:
+    return (
+        f"Redis is at data version {current}, which these migrations do not know: it is"
+        " ahead of the code. Deploy the code that has it, or migrate down with that code first"
+    )
+
+
+def status(settings: Settings) -> RedisStatus:
+    """Current version, head, pending migrations, interrupted runs and any problems."""
+    section = _section(settings)
+    migrations = _load(settings)
+    client = _connect(settings, "migrate status")
+    try:
+        current = read_version(client, section.version_key)
+        interrupted = _interrupted(client, section.version_key)
+    except redis.RedisError as exc:
+        raise stores.infra_error(client, exc, "reading the data version") from None
+    finally:
+        client.close()
+    target = stores.describe_target(settings.redis_url())
+    head = migrations[-1].version if migrations else None
+    known = {m.version for m in migrations}
+    problems: list[str] = []
+    if current is not None and current not in known:
+        problems.append(_unknown_problem(current))
+        return RedisStatus(
+            target, current, head, [], RedisState.UNKNOWN_VERSION, problems, interrupted
+        )
+    pending = [m for m in migrations if current is None or m.version > current]
+    if current is None and pending:
+        state = RedisState.NEVER_MIGRATED
+    else:
+        state = RedisState.PENDING if pending else RedisState.UP_TO_DATE
+    return RedisStatus(target, current, head, pending, state, problems, interrupted)
+
+
+# -- up and down --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisStepResult:
+    """One version applied or undone (or failed), as recorded in the ledger."""
+
+    version: str
+    direction: Direction
+    status: StepStatus
+    duration_s: float
+    keys: dict[str, int]  # changed / scanned / unchanged / gone / raced / conflicts / invalid
+    steps: list[StepStats]
+    resumed: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "direction": str(self.direction),
+            "status": str(self.status),
+            "duration_s": round(self.duration_s, 3),
+            "keys": self.keys,
+            "resumed": self.resumed,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass
+class RedisMigrateResult:
+    """What :func:`up` or :func:`down` did, and the ledger release that records it."""
+
+    release_id: int
+    direction: Direction
+    before: str | None
+    after: str | None = None
+    steps: list[RedisStepResult] = field(default_factory=list)
+    lock_wait_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": "redis",
+            "release_id": self.release_id,
+            "direction": str(self.direction),
+            "before": format_version(self.before),
+            "after": format_version(self.after),
+            "lock_wait_s": round(self.lock_wait_s, 3),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+StepCallback = Callable[[RedisStepResult], None]
+
+_KEY_FIGURES = ("scanned", "changed", "unchanged", "gone", "raced", "conflicts", "invalid")
+
+
+def _key_totals(steps: list[StepStats]) -> dict[str, int]:
+    return {name: sum(int(getattr(s, name)) for s in steps) for name in _KEY_FIGURES}
+
+
+def _set_version(client: redis.Redis, version_key: str, version: str | None, ckpt: str) -> None:
+    """Record the version reached and drop its checkpoint, in one transaction."""
+    pipe = client.pipeline(transaction=True)
+    if version is None:
+        pipe.delete(version_key)
+    else:
+        pipe.set(version_key, version)
+    pipe.delete(ckpt)
+    pipe.execute()
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ReleasegateError):
+        return db.first_line(exc)
+    return f"{type(exc).__name__}: {db.first_line(exc)}"
+
+
+def _ensure_lock(held: HeldLock, ledger: Ledger, result: RedisMigrateResult) -> None:
+    """Never go on once another runner could take over: record the loss and stop."""
+    try:
+        held.ensure_held()
+    except LockNotObtained as exc:
+        ledger.record_event(result.release_id, "lock", StepStatus.FAILED, None, {"error": str(exc)})
+        ledger.finish_release(
+            result.release_id,
+            Outcome.FAILED,
+            {"store": "redis", "error": str(exc)},
+            redis_after=format_version(result.after),
+        )
+        raise
+
+
+Chooser = Callable[[list[RedisMigration], str | None], list[tuple[RedisMigration, str | None]]]
+
+
+def _load(settings: Settings) -> list[RedisMigration]:
+    return load_migrations(migrations_dir(settings), [settings.root, *settings.python_path])
+
+
+def _migrate(
+    settings: Settings,
+    direction: Direction,
+    migrations: list[RedisMigration],
+    choose: Chooser,
+    on_step: StepCallback | None,
+    on_progress: ProgressCallback | None,
+) -> RedisMigrateResult:
+    section = _section(settings)
+    pg_url = settings.postgres_url()
+    db.check_url(pg_url, f"${settings.raw.postgres.url_env}")
+    purpose = f"redis migrate {direction}"
+    client = _connect(settings, f"migrate {direction}")
+    try:
+        with (
+            release_lock(
+                pg_url,
+                settings.service,
+                purpose,
+                wait=settings.raw.lock.wait,
+                poll_interval=settings.raw.lock.poll_interval,
+                connect_timeout=settings.raw.postgres.connect_timeout,
+            ) as held,
+            Ledger.open(pg_url) as ledger,
+        ):
+            try:
+                current = read_version(client, section.version_key)
+                run_id = stores.server_info(client)["run_id"]
+            except redis.RedisError as exc:
+                raise stores.infra_error(client, exc, "reading the data version") from None
+            if current is not None and current not in {m.version for m in migrations}:
+                raise StateError(_unknown_problem(current))
+            path = choose(migrations, current)
+            release_id = ledger.start_release(
+                settings.service,
+                "migrate",
+                performer(),
+                git_sha=git_sha(settings.root),
+                redis_before=format_version(current),
+            )
+            result = RedisMigrateResult(
+                release_id, direction, current, after=current, lock_wait_s=held.waited
+            )
+            ledger.record_event(
+                release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
+            )
+            for migration, version_after in path:
+                _ensure_lock(held, ledger, result)
+                run = _Run(client, section, ledger, result, run_id, on_step, on_progress)
+                run.one(migration, version_after)
+                result.after = version_after
+            result.after = read_version(client, section.version_key)
+            ledger.finish_release(
+                release_id,
+                Outcome.SUCCEEDED,
+                {
+                    "store": "redis",
+                    "direction": str(direction),
+                    "versions": [s.version for s in result.steps],
+                    "keys": _key_totals([st for s in result.steps for st in s.steps]),
+                },
+                redis_after=format_version(result.after),
+            )
+            return result
+    finally:
+        client.close()
+
+
+class _Run:
+    """Runs one version after another within a release, recording each."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        section: RedisSection,
+        ledger: Ledger,
+        result: RedisMigrateResult,
+        run_id: str,
+        on_step: StepCallback | None,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.client = client
+        self.section = section
+        self.ledger = ledger
+        self.result = result
+        self.run_id = run_id
+        self.on_step = on_step
+        self.on_progress = on_progress
+
+    def one(self, migration: RedisMigration, version_after: str | None) -> None:
+        direction = self.result.direction
+        verb = "upgrade" if direction is Direction.UP else "downgrade"
+        step_name = f"redis {verb} {migration.version}"
+        ckpt_key = checkpoint_key(self.section.version_key, migration.version, str(direction))
+        started = time.monotonic()
+        ctx: MigrationContext | None = None
+        try:
+            checkpoint = Checkpoint(self.client, ckpt_key, self.run_id)
+            ctx = MigrationContext(
+                self.client,
+                version=migration.version,
+                direction=str(direction),
+                checkpoint=checkpoint,
+                batch_size=self.section.batch_size,
+                protected_prefix=self.section.version_key.encode(),
+                on_progress=self.on_progress,
+            )
+            getattr(migration.module, str(direction))(ctx)
+            _set_version(self.client, self.section.version_key, version_after, ckpt_key)
+        except BaseException as exc:
+            self._fail(migration, step_name, exc, time.monotonic() - started, ctx)
+        assert ctx is not None
+        outcome = RedisStepResult(
+            migration.version,
+            direction,
+            StepStatus.OK,
+            time.monotonic() - started,
+            _key_totals(ctx.steps),
+            ctx.steps,
+            resumed=ctx.checkpoint.exists,
+        )
+        _record(self.ledger, self.result, step_name, migration, outcome, self.on_step)
+
+    def _fail(
+        self,
+        migration: RedisMigration,
+        step_name: str,
+        exc: BaseException,
+        took: float,
+        ctx: MigrationContext | None,
+    ) -> NoReturn:
+        result = self.result
+        error = _error_text(exc)
+        if isinstance(exc, redis.RedisError):
+            doing = f"running {migration.path.name}"
+            error = db.first_line(stores.infra_error(self.client, exc, doing))
+        steps = ctx.steps if ctx is not None else []
+        outcome = RedisStepResult(
+            migration.version,
+            result.direction,
+            StepStatus.FAILED,
+            took,
+            _key_totals(steps),
+            steps,
+            resumed=bool(ctx and ctx.checkpoint.exists),
+            error=error,
+        )
+        _record(self.ledger, result, step_name, migration, outcome, self.on_step)
+        try:
+            now = read_version(self.client, self.section.version_key)
+        except redis.RedisError:
+            now = result.after  # Redis is gone: the last version known to be reached
+        result.after = now
+        self.ledger.finish_release(
+            result.release_id,
+            Outcome.FAILED,
+            {"store": "redis", "failed_version": migration.version, "error": error},
+            redis_after=format_version(now),
+        )
+        if not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt and friends: recorded, then let through
+        raise MigrationFailed(
+            f"redis migration {migration.version} ({result.direction}) failed: {error};"
+            f" Redis stays at data version {format_version(now)} with its progress"
+            " checkpointed: run the same command again to resume"
+            f" (ledger release {result.release_id})"
+        ) from exc
+
+
+def _record(
+    ledger: Ledger,
+    result: RedisMigrateResult,
+    step_name: str,
+    migration: RedisMigration,
+    outcome: RedisStepResult,
+    on_step: StepCallback | None,
+) -> None:
+    result.steps.append(outcome)
+    detail: dict[str, Any] = {
+        "store": "redis",
+        "version": migration.version,
+        "doc": migration.doc,
+        "keys": outcome.keys,
+        "resumed": outcome.resumed,
+        "steps": [s.to_dict() for s in outcome.steps],
+    }
+    if outcome.error:
+        detail["error"] = outcome.error
+    ledger.record_event(result.release_id, step_name, outcome.status, outcome.duration_s, detail)
+    if on_step is not None:
+        on_step(outcome)
+
+
+def _find(migrations: list[RedisMigration], version: str) -> str:
+    wanted = version.zfill(4) if version.isdigit() else version
+    if wanted in (BASE, "0000"):
+        return BASE
+    if wanted not in {m.version for m in migrations}:
+        known = ", ".join(m.version for m in migrations) or "none"
+        raise ConfigError(f"unknown redis data version {version!r} (known: {known}, base)")
+    return wanted
+
+
+def up(
+    settings: Settings,
+    to: str | None = None,
+    *,
+    on_step: StepCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RedisMigrateResult:
+    """Apply pending Redis migrations, oldest first, up to ``to`` (default: the newest).
+
+    Holds the release lock, records a ledger release (kind ``migrate``, ``redis_before`` /
+    ``redis_after``) with one event per version, and sets ``redis.version_key`` after each
+    version. ``on_step`` is called after each version, ``on_progress`` after each batch
+    (an exception raised there interrupts the run like a crash would). A failure raises
+    :class:`MigrationFailed`; Redis stays at the last version completed and the next run
+    resumes the failed one from its checkpoint.
+    """
+    migrations = _load(settings)
+    target = _find(migrations, to) if to is not None else None
+
+    def choose(
+        migrations: list[RedisMigration], current: str | None
+    ) -> list[tuple[RedisMigration, str | None]]:
+        if target == BASE:
+            raise ConfigError("redis migrate up needs a version above the current one")
+        if target is not None and current is not None and target < current:
+            raise ConfigError(
+                f"redis data version {target} is below the current version {current}:"
+                " use 'migrate down'"
+            )
+        return [
+            (m, m.version)
+            for m in migrations
+            if (current is None or m.version > current) and (target is None or m.version <= target)
+        ]
+
+    return _migrate(settings, Direction.UP, migrations, choose, on_step, on_progress)
+
+
+def down(
+    settings: Settings,
+    to: str,
+    *,
+    on_step: StepCallback | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RedisMigrateResult:
+    """Undo Redis migrations, newest first, down to version ``to`` (or ``base``).
+
+    Same lock, ledger records, checkpoints and failure handling as :func:`up`; each
+    version's ``down(ctx)`` runs and the version key steps back to the one below it
+    (deleted at base).
+    """
+    migrations = _load(settings)
+    target = _find(migrations, to)
+
+    def choose(
+        migrations: list[RedisMigration], current: str | None
+    ) -> list[tuple[RedisMigration, str | None]]:
+        if target != BASE and current is not None and target > current:
+            raise ConfigError(
+                f"redis data version {target} is above the current version {current}:"
+                " use 'migrate up'"
+            )
+        applied = [m for m in migrations if current is not None and m.version <= current]
+        path: list[tuple[RedisMigration, str | None]] = []
+        for i in range(len(applied) - 1, -1, -1):
+            if target != BASE and applied[i].version <= target:
+                break
+            path.append((applied[i], applied[i - 1].version if i > 0 else None))
+        return path
+
+    return _migrate(settings, Direction.DOWN, migrations, choose, on_step, on_progress)
