@@ -64,6 +64,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("releasegate.commands.deploy:deploy", "Run an image as blue or green; wait ready."),
     "ps": ("releasegate.commands.deploy:ps", "Show both colors: image, health, port, weight."),
     "stop": ("releasegate.commands.deploy:stop", "Stop and remove one color's container."),
+    "release": (
+        "releasegate.commands.release:release",
+        "The whole upgrade: backup, migrate, deploy, gates, promote; rollback on failure.",
+    ),
+    "rollback": (
+        "releasegate.commands.release:rollback",
+        "Undo the last (or a named) release, and verify.",
+    ),
     "status": (
         "releasegate.commands.status:status",
         "Every store's version, the last backup and the last release.",

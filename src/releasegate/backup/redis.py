@@ -924,7 +924,7 @@ def backup(settings: Settings, set_dir: Path) -> StoreBackup:
     )
 
 
-def _dump_path(set_dir: Path, entry: StoreBackup) -> Path:
+def dump_path(set_dir: Path, entry: StoreBackup) -> Path:
     names = [f.name for f in entry.files if f.name.endswith(".rgdump")] or [FILE_NAME]
     path = set_dir / names[0]
     if not path.is_file():
@@ -945,7 +945,7 @@ def restore(
     carry it itself. Returns the :class:`RestoreResult` as a dict.
     """
     section = _section(settings)
-    path = _dump_path(set_dir, entry)
+    path = dump_path(set_dir, entry)
     client = _client(settings, "restore")
     try:
         result = restore_file(
@@ -1071,7 +1071,7 @@ def verify(settings: Settings, set_dir: Path, entry: StoreBackup) -> list[Differ
     """
     section = _section(settings)
     url = settings.redis_url()
-    path = _dump_path(set_dir, entry)
+    path = dump_path(set_dir, entry)
     stores.check_url(url, f"${section.url_env}")
     with scratch_target(
         url, source_db=stores.database_index(url), timeout=section.connect_timeout

@@ -1,0 +1,1 @@
+"""The release pipeline: steps in order, automatic verified rollback, resume."""

@@ -1,0 +1,385 @@
+"""``releasegate release``, ``release --resume`` and ``releasegate rollback``.
+
+A release is a list of small steps (:data:`releasegate.pipeline.steps.STEPS`) run in
+order under the release lock. Each step's status and duration go to the ledger as it
+ends. The first failure after a change starts the automatic rollback
+(:mod:`releasegate.pipeline.undo`); its verification decides between "rolled back"
+(exit 1) and "rollback failed" (exit 4, with the manual steps).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from releasegate import db
+from releasegate.config import Settings
+from releasegate.errors import ConfigError, ExitCode, ReleasegateError, StateError
+from releasegate.ledger import Ledger, Outcome, StepStatus
+from releasegate.lock import HeldLock, release_lock, shared
+from releasegate.pipeline import steps as pipeline_steps
+from releasegate.pipeline.context import (
+    SWITCH,
+    ReleaseContext,
+    ReleaseOptions,
+    ReleaseResult,
+    StepOutcome,
+    StepRecord,
+)
+from releasegate.pipeline.undo import UndoReport, undo_changes, verify_and_repair
+from releasegate.runinfo import git_sha, performer
+
+
+class StepListener(Protocol):
+    """Who watches the steps: the live terminal list, plain lines, or nobody."""
+
+    def start(self, name: str) -> None: ...
+
+    def finish(self, name: str, status: str, summary: str) -> None: ...
+
+
+class _Quiet:
+    def start(self, name: str) -> None:
+        pass
+
+    def finish(self, name: str, status: str, summary: str) -> None:
+        pass
+
+
+# Steps that change nothing: a failure there needs no rollback.
+_BEFORE_CHANGES = {"preflight", "plan"}
+
+
+def _run_step(
+    ctx: ReleaseContext,
+    name: str,
+    step: Callable[[ReleaseContext], StepOutcome],
+    listener: StepListener,
+) -> StepRecord:
+    listener.start(name)
+    started = time.monotonic()
+    try:
+        ctx.lock.ensure_held()
+        outcome = step(ctx)
+    except ReleasegateError as exc:
+        outcome = StepOutcome(False, db.first_line(exc), {"error_type": type(exc).__name__})
+    except Exception as exc:  # a bug or an unexpected library error: still roll back
+        outcome = StepOutcome(
+            False, f"{type(exc).__name__}: {db.first_line(exc)}", {"unexpected": True}
+        )
+    status = "skipped" if outcome.skipped else ("ok" if outcome.ok else "failed")
+    record = StepRecord(name, status, time.monotonic() - started, outcome.summary, outcome.detail)
+    ctx.steps.append(record)
+    ctx.ledger.record_event(
+        ctx.release_id,
+        name,
+        StepStatus(status),
+        record.duration_s,
+        {"summary": outcome.summary},
+    )
+    ctx.ledger.merge_summary(ctx.release_id, {"steps": [s.to_dict() for s in ctx.steps]})
+    listener.finish(name, status, outcome.summary)
+    return record
+
+
+@contextmanager
+def _release_session(
+    settings: Settings, image: str | None, kind: str
+) -> Iterator[tuple[Ledger, HeldLock, int]]:
+    url = settings.postgres_url()
+    db.check_url(url, f"${settings.raw.postgres.url_env}")
+    with (
+        release_lock(
+            url,
+            settings.service,
+            kind,
+            wait=settings.raw.lock.wait,
+            poll_interval=settings.raw.lock.poll_interval,
+            connect_timeout=settings.raw.postgres.connect_timeout,
+        ) as held,
+        shared(held),
+        Ledger.open(url, kind) as ledger,
+    ):
+        release_id = ledger.start_release(
+            settings.service, kind, performer(), git_sha=git_sha(settings.root), image_ref=image
+        )
+        ledger.record_event(release_id, "lock", StepStatus.OK, held.waited)
+        yield ledger, held, release_id
+
+
+def _result(ctx: ReleaseContext, outcome: str, exit_code: int, error: str | None) -> ReleaseResult:
+    return ReleaseResult(
+        release_id=ctx.release_id,
+        service=ctx.settings.service,
+        outcome=outcome,
+        exit_code=exit_code,
+        image={
+            "ref": ctx.options.image,
+            "digest": ctx.image_digest,
+            "previous": ctx.previous_image,
+        },
+        performer=ctx.performer,
+        git_sha=ctx.git_sha,
+        started_at=ctx.started_at.isoformat(),
+        finished_at=datetime.now(UTC).isoformat(),
+        duration_s=time.monotonic() - ctx.started,
+        colors={
+            "live_before": ctx.live_before,
+            "target": ctx.target,
+            "live_after": ctx.target if outcome == "succeeded" else ctx.live_before,
+        },
+        steps=[s.to_dict() for s in ctx.steps],
+        sections=ctx.sections,
+        error=error,
+    )
+
+
+def _roll_back(ctx: ReleaseContext, reason: str, listener: StepListener) -> UndoReport:
+    listener.start("rollback")
+    started = time.monotonic()
+    report = undo_changes(
+        ctx.settings,
+        ctx.changes,
+        reason=reason,
+        backup_set=ctx.backup_set,
+        lock=ctx.lock,
+        progress=ctx.progress,
+    )
+    verify_and_repair(ctx.settings, report, ctx.manifest, ctx.backup_set, ctx.lock, ctx.progress)
+    status = "ok" if report.ok else "failed"
+    checks = report.checks
+    summary = (
+        f"verified: {sum(c['ok'] for c in checks)}/{len(checks)} checks equal the manifest"
+        + (f"; restored {', '.join(report.restored)} from backup" if report.restored else "")
+    )
+    ctx.steps.append(StepRecord("rollback", status, time.monotonic() - started, summary))
+    ctx.sections["rollback"] = report.to_dict()
+    ctx.ledger.record_event(
+        ctx.release_id,
+        "rollback",
+        StepStatus(status),
+        time.monotonic() - started,
+        {"summary": summary, "restored": report.restored, "ok": report.ok},
+    )
+    listener.finish("rollback", status, summary)
+    return report
+
+
+def _finish(
+    ctx: ReleaseContext, failure: StepRecord | None, listener: StepListener
+) -> ReleaseResult:
+    """Decide the outcome; roll back when a step after the first change failed."""
+    if failure is None:
+        outcome, code, error = Outcome.SUCCEEDED, ExitCode.OK, None
+    elif failure.name in _BEFORE_CHANGES:
+        outcome, code = Outcome.FAILED, ExitCode.CHECK_FAILED
+        error = f"{failure.name}: {failure.summary} (nothing was changed)"
+    elif failure.name == pipeline_steps.POINT_OF_NO_RETURN:
+        # The old version is gone: finish by hand, with the backup at hand.
+        outcome, code = Outcome.FAILED, ExitCode.ROLLBACK_FAILED
+        error = f"{failure.name}: {failure.summary}"
+    else:
+        report = _roll_back(ctx, f"{failure.name}: {failure.summary}", listener)
+        error = f"{failure.name}: {failure.summary}"
+        if report.ok:
+            outcome, code = Outcome.ROLLED_BACK, ExitCode.CHECK_FAILED
+        else:
+            outcome, code = Outcome.ROLLBACK_FAILED, ExitCode.ROLLBACK_FAILED
+    ctx.ledger.finish_release(
+        ctx.release_id,
+        outcome,
+        {"error": error, "steps": [s.to_dict() for s in ctx.steps]},
+        image_digest=ctx.image_digest,
+    )
+    return _result(ctx, str(outcome), int(code), error)
+
+
+def release(
+    settings: Settings,
+    options: ReleaseOptions,
+    *,
+    listener: StepListener | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReleaseResult:
+    """Run the whole release pipeline; see the module docs and README."""
+    listener = listener or _Quiet()
+    if options.dry_run:
+        return dry_run(settings, options, listener)
+    with _release_session(settings, options.image, "release") as (ledger, held, release_id):
+        ctx = ReleaseContext(
+            settings,
+            options,
+            ledger,
+            release_id,
+            held,
+            performer(),
+            git_sha(settings.root),
+            progress=progress or (lambda _m: None),
+        )
+        return _run_from(ctx, 0, listener)
+
+
+def _run_from(ctx: ReleaseContext, first: int, listener: StepListener) -> ReleaseResult:
+    failure = None
+    try:
+        for name, step in pipeline_steps.STEPS[first:]:
+            record = _run_step(ctx, name, step, listener)
+            if record.status == "failed":
+                failure = record
+                break
+    except BaseException as exc:
+        # Interrupted (Ctrl-C, SIGTERM): undo what was done, then let the interrupt through.
+        record = StepRecord("interrupted", "failed", 0.0, type(exc).__name__)
+        ctx.steps.append(record)
+        _finish(ctx, record, listener)
+        raise
+    return _finish(ctx, failure, listener)
+
+
+def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener) -> ReleaseResult:
+    """Preflight and plan only, on a ledger row of kind ``dry-run``: nothing is changed."""
+    with _release_session(settings, options.image, "dry-run") as (ledger, held, release_id):
+        ctx = ReleaseContext(
+            settings, options, ledger, release_id, held, performer(), git_sha(settings.root)
+        )
+        failure = None
+        for name, step in pipeline_steps.STEPS[:2]:
+            record = _run_step(ctx, name, step, listener)
+            if record.status == "failed":
+                failure = record
+                break
+        outcome = Outcome.FAILED if failure else Outcome.SUCCEEDED
+        error = f"{failure.name}: {failure.summary}" if failure else None
+        ledger.finish_release(release_id, outcome, {"dry_run": True, "error": error})
+        code = ExitCode.CHECK_FAILED if failure else ExitCode.OK
+        return _result(ctx, "dry_run" if failure is None else "blocked", int(code), error)
+
+
+# -- resume and manual rollback -------------------------------------------------------------
+
+
+def _interrupted_release(ledger: Ledger, service: str) -> Any:
+    row = ledger.conn.execute(
+        "SELECT id FROM releasegate.releases WHERE service = %s AND kind = 'release'"
+        " AND outcome = 'running' ORDER BY id DESC LIMIT 1",
+        (service,),
+    ).fetchone()
+    return ledger.release(int(row[0])) if row else None
+
+
+def _context_from(
+    settings: Settings, ledger: Ledger, held: HeldLock, release: Any, options: ReleaseOptions
+) -> ReleaseContext:
+    summary = release.summary or {}
+    ctx = ReleaseContext(
+        settings, options, ledger, release.id, held, release.performer, release.git_sha
+    )
+    ctx.changes = list(summary.get("changes", []))
+    ctx.steps = [StepRecord(**s) for s in summary.get("steps", [])]
+    ctx.image_digest = release.image_digest
+    backup = next((c for c in ctx.changes if c["kind"] == "backup"), None)
+    if backup is not None:
+        from releasegate.backup.sets import open_set
+
+        ctx.backup_set = backup["set_id"]
+        _path, manifest = open_set(settings, backup["set_id"])
+        ctx.manifest = manifest.to_dict()
+    switch = next((c for c in ctx.changes if c["kind"] == SWITCH), None)
+    deploy = next((c for c in ctx.changes if c["kind"] == "deploy"), None)
+    if deploy is not None:
+        ctx.target = deploy["color"]
+        from releasegate.router.manager import other_color
+
+        ctx.live_before = switch["from"] if switch else other_color(deploy["color"])
+    return ctx
+
+
+def resume(
+    settings: Settings, *, listener: StepListener | None = None, force: bool = False
+) -> ReleaseResult:
+    """Bring an interrupted release (outcome still ``running``) to a consistent end.
+
+    The ledger's undo log says how far it got. Before the promotion it is rolled back;
+    after a completed promotion the remaining steps (watch, finalize) run again.
+    """
+    listener = listener or _Quiet()
+    url = settings.postgres_url()
+    with Ledger.open(url, "resume") as probe:
+        interrupted = _interrupted_release(probe, settings.service)
+    if interrupted is None:
+        raise StateError(f"no interrupted release of service '{settings.service}' to resume")
+    with (
+        release_lock(
+            url,
+            settings.service,
+            "release --resume",
+            wait=settings.raw.lock.wait,
+            poll_interval=settings.raw.lock.poll_interval,
+        ) as held,
+        shared(held),
+        Ledger.open(url, "resume") as ledger,
+    ):
+        options = ReleaseOptions(image=interrupted.image_ref or "", force=force)
+        ctx = _context_from(settings, ledger, held, interrupted, options)
+        ledger.record_event(ctx.release_id, "resume", StepStatus.INFO, None, {"by": performer()})
+        done = {s.name for s in ctx.steps if s.status in ("ok", "skipped")}
+        if "promote" in done:
+            names = [name for name, _ in pipeline_steps.STEPS]
+            # Sections the remaining steps read, rebuilt from the ledger.
+            ctx.sections["plan"] = {"contract": [], "expand": []}
+            return _run_from(ctx, names.index("watch"), listener)
+        record = StepRecord("resume", "failed", 0.0, "interrupted before promotion: rolling back")
+        ctx.steps.append(record)
+        return _finish(ctx, record, listener)
+
+
+def rollback(
+    settings: Settings, release_id: int | None = None, *, listener: StepListener | None = None
+) -> ReleaseResult:
+    """Undo a finished release by hand (the last succeeded one, or ``release_id``)."""
+    listener = listener or _Quiet()
+    url = settings.postgres_url()
+    with Ledger.open(url, "rollback") as probe:
+        if release_id is None:
+            row = probe.conn.execute(
+                "SELECT id FROM releasegate.releases WHERE service = %s AND kind = 'release'"
+                " AND outcome IN ('succeeded', 'running') ORDER BY id DESC LIMIT 1",
+                (settings.service,),
+            ).fetchone()
+            if row is None:
+                raise StateError(f"no release of service '{settings.service}' to roll back")
+            release_id = int(row[0])
+        target = probe.release(release_id)
+    if target is None or target.kind != "release":
+        raise ConfigError(f"no release with id {release_id} in the ledger")
+    with _release_session(settings, target.image_ref, "rollback") as (ledger, held, own_id):
+        ctx = _context_from(
+            settings, ledger, held, target, ReleaseOptions(image=target.image_ref or "")
+        )
+        ctx.release_id = own_id
+        ledger.merge_summary(own_id, {"rolls_back": target.id})
+        _redeploy_previous(ctx)
+        report = _roll_back(ctx, f"manual rollback of release {target.id}", listener)
+        outcome = Outcome.ROLLED_BACK if report.ok else Outcome.ROLLBACK_FAILED
+        ledger.finish_release(own_id, outcome, {"rolls_back": target.id})
+        if report.ok:
+            ledger.set_outcome(target.id, Outcome.ROLLED_BACK)
+        code = ExitCode.OK if report.ok else ExitCode.ROLLBACK_FAILED
+        result = _result(ctx, str(outcome), int(code), None if report.ok else "rollback failed")
+        result.kind = "rollback"
+        return result
+
+
+def _redeploy_previous(ctx: ReleaseContext) -> None:
+    """After finalize the old color is gone: run its image again (kept locally) first."""
+    stopped = next((c for c in ctx.changes if c["kind"] == "stop_previous"), None)
+    if stopped is None or not stopped.get("image"):
+        return
+    from releasegate.deploy import containers
+
+    ctx.progress(f"rollback: redeploy {stopped['image']} as {stopped['color']}")
+    containers.deploy(ctx.settings, stopped["color"], stopped["image"], force=True)
+    ctx.changes = [c for c in ctx.changes if c["kind"] not in ("stop_previous", "contract")]

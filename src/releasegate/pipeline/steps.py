@@ -1,0 +1,326 @@
+"""The release steps, in order. Each takes the context and returns a :class:`StepOutcome`.
+
+A step that changes something writes the change to the undo log *before* making it, so
+that a rollback (or ``--resume`` after a crash) also undoes a change that was cut short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from releasegate.pipeline.context import (
+    BACKUP,
+    CONTRACT,
+    DEPLOY,
+    POSTGRES,
+    QDRANT,
+    REDIS,
+    STOP_PREVIOUS,
+    SWITCH,
+    ReleaseContext,
+    StepOutcome,
+)
+
+Step = Callable[[ReleaseContext], StepOutcome]
+
+
+def _color_url(ctx: ReleaseContext, color: str) -> str:
+    from releasegate.deploy.containers import color_port
+
+    return f"http://127.0.0.1:{color_port(ctx.settings, color)}"
+
+
+# -- preflight and plan ---------------------------------------------------------------
+
+
+def preflight(ctx: ReleaseContext) -> StepOutcome:
+    """Every store, Docker and the router answer; the image exists; who is live."""
+    from releasegate.deploy import containers
+    from releasegate.deploy.engine import connect as docker_connect
+    from releasegate.migrations import stores
+    from releasegate.router import manager as router
+
+    settings = ctx.settings
+    checks: dict[str, str] = {"postgres": "ok (ledger open)", "lock": "held"}
+    stores.status(settings, [s for s in stores.configured_stores(settings) if s != "postgres"])
+    for store in stores.configured_stores(settings)[1:]:
+        checks[store] = "ok"
+    client = docker_connect()
+    image = containers.resolve_image(client, ctx.options.image)
+    ctx.image_digest = (image.attrs.get("RepoDigests") or [None])[0] or str(image.id)
+    checks["docker"] = "ok"
+    checks["image"] = ctx.image_digest
+    state = router.router_status(settings)
+    checks["router"] = "ok"
+    ctx.live_before = state.live
+    if state.live is None:
+        return StepOutcome(
+            False,
+            "the router has no live color: deploy the first version and promote it"
+            " (releasegate deploy --color blue ...; releasegate router promote blue)",
+            {"checks": checks},
+        )
+    if not state[state.live].healthy:
+        return StepOutcome(
+            False,
+            f"the live color {state.live} fails HAProxy's health check"
+            f" ({state[state.live].check}): nothing to fall back to",
+            {"checks": checks},
+        )
+    ctx.target = router.other_color(state.live)
+    live = containers.find_container(client, settings, state.live)
+    if live is not None:
+        image_id = live.image.id if live.image is not None else None
+        ctx.previous_image = (live.labels or {}).get("releasegate.image") or image_id
+    rolled_back = ctx.ledger.conn.execute(
+        "SELECT id FROM releasegate.releases WHERE service = %s AND image_digest = %s"
+        " AND outcome = 'rolled_back' ORDER BY id DESC LIMIT 1",
+        (settings.service, ctx.image_digest),
+    ).fetchone()
+    if rolled_back and not ctx.options.force:
+        return StepOutcome(
+            False,
+            f"image {ctx.image_digest[:19]} was rolled back in release {rolled_back[0]}:"
+            " it is not promoted again unless --force",
+            {"checks": checks},
+        )
+    ctx.ledger.update_release(ctx.release_id, image_digest=ctx.image_digest)
+    return StepOutcome(
+        True,
+        f"all reachable; {state.live} is live, releasing to {ctx.target}",
+        {"checks": checks},
+    )
+
+
+def plan(ctx: ReleaseContext) -> StepOutcome:
+    """Pending migrations of every store, phases and lint; contract needs --allow-contract."""
+    from releasegate.migrations import stores
+    from releasegate.migrations.phases import Phase
+    from releasegate.migrations.plan import plan as pg_plan
+
+    settings = ctx.settings
+    pg = pg_plan(settings)
+    sections: dict[str, Any] = {"postgres": pg.to_dict()}
+    others = stores.status(settings, stores.configured_stores(settings)[1:])
+    for name, status in others.items():
+        sections[name] = status.to_dict()
+    # Revisions applied by the migrate step: those before the first contract revision.
+    expand: list[str] = []
+    for rev in pg.revisions:
+        if rev.phase is Phase.CONTRACT:
+            break
+        expand.append(rev.id)
+    contract = [r.id for r in pg.revisions[len(expand) :]]
+    sections.update(
+        expand=expand, contract=contract, blocked=bool(contract and not ctx.options.allow_contract)
+    )
+    ctx.sections["plan"] = sections
+    pending = {name: len(s.get("pending", [])) for name, s in sections.items() if name in others}
+    summary = f"postgres {len(expand)} expand/data + {len(contract)} contract" + "".join(
+        f", {name} {n}" for name, n in pending.items()
+    )
+    if pg.lint_failed:
+        return StepOutcome(False, f"lint reached fail_on = {pg.fail_on}: {summary}", sections)
+    if contract and not ctx.options.allow_contract:
+        return StepOutcome(
+            False,
+            f"contract revisions {', '.join(contract)} cannot be rolled back automatically:"
+            " release with --allow-contract (they run at finalize, after the old version stops)",
+            {"contract": contract},
+        )
+    return StepOutcome(True, summary, {"expand": expand, "contract": contract})
+
+
+# -- changes ------------------------------------------------------------------------------
+
+
+def backup(ctx: ReleaseContext) -> StepOutcome:
+    """A restore point of every store, verified by restoring it into scratch places."""
+    from releasegate.backup import sets
+
+    manifest = sets.create(ctx.settings)
+    ctx.backup_set = manifest.set_id
+    ctx.manifest = manifest.to_dict()
+    ctx.record_change(BACKUP, set_id=manifest.set_id)
+    ctx.sections["backup"] = ctx.manifest
+    verify = ctx.options.verify_backup
+    if verify is None:
+        verify = ctx.settings.raw.release.verify_backup
+    if not verify:
+        return StepOutcome(True, f"set {manifest.set_id} (not verified)")
+    result = sets.verify(ctx.settings, manifest.set_id)
+    ctx.sections["backup_verify"] = result.to_dict()
+    if not result.ok:
+        return StepOutcome(False, f"backup set {manifest.set_id} did not verify", result.to_dict())
+    return StepOutcome(True, f"set {manifest.set_id}, verified in {result.seconds:.1f}s")
+
+
+def migrate(ctx: ReleaseContext) -> StepOutcome:
+    """Expand and data migrations of every store, in order (contract waits for finalize)."""
+    from releasegate.backup import sets
+    from releasegate.migrations import stores
+
+    plan_sections = ctx.sections["plan"]
+    versions = sets.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
+    done: dict[str, Any] = {}
+    if plan_sections["expand"]:
+        ctx.record_change(POSTGRES, before=versions.get("alembic") or "base")
+        result = stores.up(ctx.settings, [POSTGRES], plan_sections["expand"][-1])
+        done[POSTGRES] = result[POSTGRES].to_dict()
+    for store in (REDIS, QDRANT):
+        if plan_sections.get(store, {}).get("pending"):
+            ctx.record_change(store, before=versions.get(store) or "base")
+            done[store] = stores.up(ctx.settings, [store])[store].to_dict()
+    ctx.sections["migrations"] = done
+    if not done:
+        return StepOutcome.skip("nothing to migrate")
+    return StepOutcome(
+        True,
+        ", ".join(f"{s} {d['before']} -> {d['after']}" for s, d in done.items()),
+    )
+
+
+def deploy(ctx: ReleaseContext) -> StepOutcome:
+    """The new image as the standby color, ready before anything else happens."""
+    from releasegate.deploy import containers
+
+    assert ctx.target is not None
+    ctx.record_change(DEPLOY, color=ctx.target)
+    result = containers.deploy(
+        ctx.settings,
+        ctx.target,
+        ctx.options.image,
+        release=str(ctx.release_id),
+        on_progress=ctx.progress,
+    )
+    ctx.sections["deploy"] = result.to_dict()
+    return StepOutcome(True, f"{result.container} ready in {result.ready_after_s:.1f}s")
+
+
+def smoke(ctx: ReleaseContext) -> StepOutcome:
+    """The smoke checks against the new color directly (not through the router)."""
+    assert ctx.target is not None
+    report = _run_smoke(ctx, _color_url(ctx, ctx.target))
+    ctx.sections["smoke"] = report.to_dict()
+    passed = len(report.results) - len(report.failed)
+    if not report.ok:
+        names = ", ".join(r.name for r in report.failed)
+        return StepOutcome(False, f"smoke failed: {names}", report.to_dict())
+    return StepOutcome(True, f"{passed}/{len(report.results)} checks passed")
+
+
+def _run_smoke(ctx: ReleaseContext, target: str) -> Any:
+    from releasegate.gates.smoke import load_smoke_file, run_smoke
+
+    spec = load_smoke_file(ctx.settings.resolve_path(ctx.settings.raw.smoke.file))
+    return run_smoke(spec, target)
+
+
+def slo_gate(ctx: ReleaseContext) -> StepOutcome:
+    """The Locust SLO gate against the new color (compared with the live one if configured)."""
+    from releasegate.gates.slo import run_gate
+
+    assert ctx.target is not None and ctx.live_before is not None
+    compare = _color_url(ctx, ctx.live_before) if ctx.settings.raw.slo.compare.enabled else None
+    result = run_gate(
+        ctx.settings,
+        _color_url(ctx, ctx.target),
+        compare_with=compare,
+        out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "gate",
+        progress=ctx.progress,
+    )
+    ctx.sections["slo"] = result.to_dict()
+    summary = f"{result.verdict}: " + ("; ".join(result.reasons) or "every rule passed")
+    return StepOutcome(result.passed, summary)
+
+
+def promote(ctx: ReleaseContext) -> StepOutcome:
+    """New requests to the new color; the old one drains."""
+    from releasegate.router import manager as router
+
+    assert ctx.target is not None
+    ctx.record_change(SWITCH, **{"from": ctx.live_before, "to": ctx.target})
+    result = router.promote(ctx.settings, ctx.target)
+    ctx.sections.setdefault("router", []).append(result.to_dict())
+    return StepOutcome(True, f"{ctx.target} live (switch {result.switch_s * 1000:.1f} ms)")
+
+
+def watch(ctx: ReleaseContext) -> StepOutcome:
+    """Smoke plus a short SLO check through the router, for the configured window."""
+    from releasegate.gates.slo import run_slo_gate
+    from releasegate.router.manager import router_address
+
+    window = ctx.options.watch
+    if window is None:
+        window = ctx.settings.raw.release.watch
+    if window <= 0:
+        return StepOutcome.skip("no watch window configured")
+    address = router_address(ctx.settings)
+    report = _run_smoke(ctx, address)
+    section: dict[str, Any] = {"smoke": report.to_dict()}
+    ctx.sections["watch"] = section
+    if not report.ok:
+        return StepOutcome(False, "smoke through the router failed after promotion")
+    slo = ctx.settings.raw.slo
+    users = ctx.settings.raw.release.watch_users
+    short = slo.model_copy(
+        update={
+            "duration": window,
+            "warmup": min(slo.warmup, 2.0),
+            "users": users,
+            # Scale the floor with the shorter window and fewer users; never below 20.
+            "min_requests": max(
+                20, int(slo.min_requests * window / slo.duration * users / slo.users)
+            ),
+            "compare": slo.compare.model_copy(update={"enabled": False}),
+        }
+    )
+    result = run_slo_gate(
+        short,
+        ctx.settings.root,
+        address,
+        out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "watch",
+        progress=ctx.progress,
+    )
+    section["slo"] = result.to_dict()
+    return StepOutcome(result.passed, f"through the router: {result.verdict}")
+
+
+def finalize(ctx: ReleaseContext) -> StepOutcome:
+    """Stop the old color after its drain window; contract revisions; prune old images."""
+    from releasegate.deploy import containers
+    from releasegate.migrations import stores
+    from releasegate.router import manager as router
+
+    assert ctx.live_before is not None
+    drain = ctx.settings.raw.deploy.drain
+    drained = router.wait_drained(ctx.settings, ctx.live_before, drain)
+    ctx.record_change(STOP_PREVIOUS, color=ctx.live_before, image=ctx.previous_image)
+    removed = containers.stop(ctx.settings, ctx.live_before)
+    notes = [f"{ctx.live_before} stopped" + ("" if drained else " (drain window ran out)")]
+    contract = ctx.sections["plan"]["contract"]
+    if contract:
+        ctx.record_change(CONTRACT, revisions=contract)
+        stores.up(ctx.settings, [POSTGRES])
+        notes.append(f"contract {', '.join(contract)} applied")
+    pruned = containers.prune_images(ctx.settings, keep=ctx.settings.raw.deploy.keep_images)
+    notes.append(f"{len(pruned)} old image(s) pruned")
+    return StepOutcome(True, "; ".join(notes), {"removed": removed, "pruned": pruned})
+
+
+# The pipeline, in order. Everything after ``backup`` is undone on failure.
+STEPS: list[tuple[str, Step]] = [
+    ("preflight", preflight),
+    ("plan", plan),
+    ("backup", backup),
+    ("migrate", migrate),
+    ("deploy", deploy),
+    ("smoke", smoke),
+    ("slo gate", slo_gate),
+    ("promote", promote),
+    ("watch", watch),
+    ("finalize", finalize),
+]
+# Past this step the old version is gone: failures no longer roll back automatically.
+POINT_OF_NO_RETURN = "finalize"

@@ -1,0 +1,1 @@
+"""Evidence reports of releases, and where they are written."""

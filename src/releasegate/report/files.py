@@ -1,0 +1,93 @@
+"""Writing a release's JSON and Markdown reports next to each other, atomically.
+
+Each file is written to a temporary name in the same folder, synced and renamed into
+place, so a reader (a CI artifact upload, a person) never sees half a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from releasegate.report.render import SUMMARY_LIMIT_BYTES, redact_data, render_markdown
+
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where the reports of one release were written."""
+
+    json: Path
+    markdown: Path
+
+    def to_dict(self) -> dict[str, str]:
+        return {"json": str(self.json), "markdown": str(self.markdown)}
+
+
+def report_stem(result: Mapping[str, Any]) -> str:
+    """``release-<id>``; a result without a ledger id is named by the time instead."""
+    rid = result.get("release_id")
+    if rid is None or rid == "":
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return f"release-unrecorded-{stamp}"
+    # The id names a file: nothing in it may climb out of the folder.
+    return "release-" + (_UNSAFE_RE.sub("_", str(rid)).strip("._") or "unknown")
+
+
+def write_reports(
+    result: Mapping[str, Any], out_dir: Path, *, limit_bytes: int = SUMMARY_LIMIT_BYTES
+) -> ReportPaths:
+    """Write ``release-<id>.json`` and ``release-<id>.md`` into ``out_dir`` (created).
+
+    The JSON is the whole result with secrets redacted; the Markdown is
+    :func:`render_markdown` within ``limit_bytes``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = report_stem(result)
+    data = redact_data(result)
+    json_path = _write_atomic(
+        out_dir / f"{stem}.json",
+        json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n",
+    )
+    md_path = _write_atomic(
+        out_dir / f"{stem}.md", render_markdown(result, limit_bytes=limit_bytes)
+    )
+    _fsync_dir(out_dir)
+    return ReportPaths(json=json_path, markdown=md_path)
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600; a report is meant to be read like any other file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,215 @@
+"""GitHub Actions files: step outputs (with the heredoc form), the step summary, masks."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from releasegate import secrets
+from releasegate.report.files import write_reports
+from releasegate.report.github import TRUNCATION_NOTE, GithubEnv, format_output, publish
+from releasegate.secrets import redact, register_secret
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    registry: set[str] = set()
+    monkeypatch.setattr(secrets, "_registered", registry)
+    yield registry
+
+
+def parse_outputs(text: str) -> dict[str, str]:
+    """GITHUB_OUTPUT as the runner reads it: ``name=value`` or ``name<<DELIM`` ... ``DELIM``."""
+    outputs: dict[str, str] = {}
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line:
+            continue
+        heredoc = line.find("<<")
+        equals = line.find("=")
+        if heredoc >= 0 and (equals < 0 or heredoc < equals):
+            name, delimiter = line[:heredoc], line[heredoc + 2 :]
+            body = []
+            while lines[i] != delimiter:  # an IndexError here: an unterminated heredoc
+                body.append(lines[i])
+                i += 1
+            i += 1
+            outputs[name] = "\n".join(body)
+        else:
+            name, value = line.split("=", 1)
+            outputs[name] = value
+    return outputs
+
+
+@pytest.fixture
+def gh(tmp_path: Path) -> GithubEnv:
+    env = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+    }
+    found = GithubEnv.from_environ(env, stdout=io.StringIO())
+    assert found is not None
+    return found
+
+
+def test_from_environ(tmp_path: Path) -> None:
+    assert GithubEnv.from_environ({}) is None
+    assert GithubEnv.from_environ({"GITHUB_OUTPUT": str(tmp_path / "o")}) is None
+    gh = GithubEnv.from_environ(
+        {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "o")},
+        summary_fallback_path=tmp_path / "fallback.md",
+    )
+    assert gh is not None and not gh.is_act
+    assert gh.output_path == tmp_path / "o"
+    assert gh.summary_path == tmp_path / "fallback.md"
+
+
+def test_outputs_single_and_multi_line_parse_back(gh: GithubEnv) -> None:
+    assert gh.output_path is not None
+    gh.output_path.write_text("earlier=kept\n", encoding="utf-8")
+    values = {
+        "release-id": "12",
+        "empty": "",
+        "with_equals": "a=b<<c",
+        "lines": "first\nsecond\n\nfourth",
+        "tricky": "EOF\nghadelimiter_\n<<\nname=value\n",
+    }
+    for name, value in values.items():
+        assert gh.set_output(name, value)
+    text = gh.output_path.read_text(encoding="utf-8")
+    assert text.startswith("earlier=kept\nrelease-id=12\nempty=\nwith_equals=a=b<<c\nlines<<")
+    assert parse_outputs(text) == {"earlier": "kept", **values}
+
+
+def test_heredoc_delimiters_are_random_and_absent_from_the_value() -> None:
+    value = "one\ntwo"
+    first, second = format_output("x", value), format_output("x", value)
+    delimiters = {text.split("\n")[0].split("<<")[1] for text in (first, second)}
+    assert len(delimiters) == 2
+    for text in (first, second):
+        delimiter = text.split("\n")[0].split("<<")[1]
+        assert delimiter not in value and len(delimiter) >= 32
+        assert text == f"x<<{delimiter}\none\ntwo\n{delimiter}\n"
+
+
+def test_output_values_of_other_types_and_secrets(gh: GithubEnv) -> None:
+    register_secret("hunter22")
+    gh.set_outputs({"ok": True, "no": False, "none": None, "n": 3, "url": "x hunter22 y"})
+    assert gh.output_path is not None
+    assert parse_outputs(gh.output_path.read_text(encoding="utf-8")) == {
+        "ok": "true",
+        "no": "false",
+        "none": "",
+        "n": "3",
+        "url": "x *** y",
+    }
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "a=b", "a<<b", "é", "a\nb", "-x"])
+def test_output_names_are_validated(gh: GithubEnv, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid output name"):
+        gh.set_output(name, "v")
+    # One bad name in a batch writes nothing at all.
+    with pytest.raises(ValueError):
+        gh.set_outputs({"good": "1", name: "2"})
+    assert gh.output_path is not None and not gh.output_path.exists()
+    for good in ("a", "_a", "release-id", "A_1-b"):
+        assert format_output(good, "v") == f"{good}=v\n"
+
+
+def test_summary_appends_and_respects_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "summary.md"
+    gh = GithubEnv(output_path=None, summary_path=path, summary_limit_bytes=2000)
+    assert gh.summary_room() == 2000
+    assert gh.append_summary("# first")
+    assert gh.append_summary("second\n")
+    assert path.read_text(encoding="utf-8") == "# first\nsecond\n"
+    assert gh.summary_room() == 2000 - len("# first\nsecond\n")
+    big = "".join(f"line {i} é\n" for i in range(1000))
+    assert gh.append_summary(big)
+    data = path.read_bytes()
+    assert len(data) <= 2000
+    assert data.endswith(TRUNCATION_NOTE.encode())
+    text = data.decode()  # never cut inside a UTF-8 character
+    body = text[len("# first\nsecond\n") : -len(TRUNCATION_NOTE)]
+    assert body.startswith("line 0 é\n") and body.split("\n")[-1].startswith("line ")
+    assert all(line.startswith("line ") and line.endswith(" é") for line in body.split("\n"))
+    # Full: nothing more is written.
+    assert not gh.append_summary("more")
+    assert path.read_bytes() == data
+
+
+def test_act_writes_the_summary_to_the_fallback_path(tmp_path: Path) -> None:
+    env = {"ACT": "true", "GITHUB_OUTPUT": str(tmp_path / "out")}
+    fallback = tmp_path / "act" / "summary.md"
+    gh = GithubEnv.from_environ(env, summary_fallback_path=fallback)
+    assert gh is not None and gh.is_act
+    assert gh.append_summary("## hello")
+    assert fallback.read_text(encoding="utf-8") == "## hello\n"
+    bare = GithubEnv.from_environ({"ACT": "true"})
+    assert bare is not None and bare.is_act
+    assert not bare.append_summary("## lost") and not bare.set_output("a", "b")
+    with pytest.raises(ValueError):
+        bare.set_output("bad name", "b")
+
+
+def test_mask(gh: GithubEnv) -> None:
+    gh.mask("s3cr3t-value\n100%-line\r\n")
+    assert isinstance(gh.stdout, io.StringIO)
+    assert gh.stdout.getvalue() == "::add-mask::s3cr3t-value\n::add-mask::100%25-line\n"
+    assert redact("token s3cr3t-value here") == "token *** here"
+
+
+def test_publish(tmp_path: Path, gh: GithubEnv) -> None:
+    result = {
+        "release_id": 12,
+        "service": "notes",
+        "kind": "release",
+        "outcome": "succeeded",
+        "exit_code": 0,
+        "image": {"ref": "notes:ab12", "digest": "sha256:" + "e" * 64},
+        "steps": [{"name": "preflight", "status": "ok", "duration_s": 0.4, "summary": "x"}],
+    }
+    paths = write_reports(result, tmp_path / "reports")
+    assert publish(result, paths, gh)
+    assert gh.output_path is not None and gh.summary_path is not None
+    assert parse_outputs(gh.output_path.read_text(encoding="utf-8")) == {
+        "release-id": "12",
+        "outcome": "succeeded",
+        "digest": "sha256:" + "e" * 64,
+        "report-json": str(tmp_path / "reports" / "release-12.json"),
+        "report-markdown": str(tmp_path / "reports" / "release-12.md"),
+    }
+    summary = gh.summary_path.read_text(encoding="utf-8")
+    assert summary.startswith("## notes release 12: SUCCEEDED\n")
+    assert "| 1 | preflight | ok | 0.4s | x |" in summary
+    assert not publish(result, paths, None)
+
+
+def test_publish_renders_into_the_room_left(tmp_path: Path, gh: GithubEnv) -> None:
+    assert gh.summary_path is not None
+    gh.summary_path.write_text("x" * (MIB - 5000) + "\n", encoding="utf-8")
+    result = {
+        "release_id": 3,
+        "service": "notes",
+        "outcome": "failed",
+        "smoke": {
+            "ok": False,
+            "checks": [{"name": f"c{i}", "ok": False, "failures": ["boom"]} for i in range(5000)],
+        },
+    }
+    publish(result, write_reports(result, tmp_path / "r"), gh)
+    data = gh.summary_path.read_bytes()
+    assert len(data) <= MIB
+    # Rendered to fit (rows cut by the renderer), not cut blindly by the writer.
+    assert TRUNCATION_NOTE.encode() not in data
+    assert b"## notes release 3: FAILED" in data and b"more rows (see the JSON report)" in data
