@@ -34,9 +34,7 @@ newer one refuses with a plain message instead of misreading it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 
 from releasegate.backup.base import FileEntry, StoreBackup
 from releasegate.errors import CheckFailed, ConfigError
+from releasegate.fileio import write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -146,17 +145,7 @@ class Manifest:
         """Write ``set_dir/manifest.json`` atomically (temporary file, fsync, rename)."""
         path = set_dir / MANIFEST_NAME
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False, default=str) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=set_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(set_dir)
+        write_atomic(path, text)
         return path
 
     @classmethod
@@ -177,16 +166,3 @@ class Manifest:
                 f" at line {exc.lineno}"
             ) from None
         return cls.from_dict(data, f"{MANIFEST_NAME} of backup set {set_dir.name}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -7,15 +7,14 @@ place, so a reader (a CI artifact upload, a person) never sees half a report.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from releasegate.fileio import write_atomic
 from releasegate.report.render import SUMMARY_LIMIT_BYTES, redact_data, render_markdown
 
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -53,41 +52,9 @@ def write_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = report_stem(result)
     data = redact_data(result)
-    json_path = _write_atomic(
+    json_path = write_atomic(
         out_dir / f"{stem}.json",
         json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n",
     )
-    md_path = _write_atomic(
-        out_dir / f"{stem}.md", render_markdown(result, limit_bytes=limit_bytes)
-    )
-    _fsync_dir(out_dir)
+    md_path = write_atomic(out_dir / f"{stem}.md", render_markdown(result, limit_bytes=limit_bytes))
     return ReportPaths(json=json_path, markdown=md_path)
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; a report is meant to be read like any other file.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

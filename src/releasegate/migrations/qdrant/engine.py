@@ -63,7 +63,6 @@ leftover new collection is an interrupted copy that may be resumed.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 import sys
 import time
@@ -89,6 +88,7 @@ from releasegate.errors import (
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.ledger.schema import LEDGER_SCHEMA
 from releasegate.lock import HeldLock, release_lock
+from releasegate.migrations.loader import load_module
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores.qdrant import (
     CollectionSpec,
@@ -164,21 +164,7 @@ def migrations_dir(settings: Settings) -> Path:
 
 
 def _load_module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"releasegate_qdrant_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise MigrationScriptError(f"cannot load Qdrant migration {path.name}")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise MigrationScriptError(
-            f"Qdrant migration {path.name} has a syntax error at line {exc.lineno}: {exc.msg}"
-        ) from None
-    except Exception as exc:
-        raise MigrationScriptError(
-            f"cannot load Qdrant migration {path.name}: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
-    return module
+    return load_module(path, f"releasegate_qdrant_{path.stem}", "Qdrant migration")
 
 
 def load_migrations(settings: Settings) -> list[QdrantMigration]:

@@ -16,7 +16,6 @@ checkpoint hash; running the same command again resumes it (see
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import sys
@@ -42,6 +41,7 @@ from releasegate.errors import (
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, release_lock
+from releasegate.migrations.loader import load_module
 from releasegate.migrations.redis.helpers import (
     Checkpoint,
     Helpers,
@@ -135,21 +135,7 @@ def load_migrations(folder: Path, python_path: list[Path] | None = None) -> list
 
 def _import(path: Path, version: str) -> ModuleType:
     module_name = f"releasegate_redis_migration_{version}_{abs(hash(str(path)))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise MigrationScriptError(f"redis migration {path.name} cannot be loaded")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise MigrationScriptError(
-            f"redis migration {path.name} has a syntax error at line {exc.lineno}: {exc.msg}"
-        ) from None
-    except Exception as exc:
-        raise MigrationScriptError(
-            f"redis migration {path.name} fails to load: {type(exc).__name__}: {db.first_line(exc)}"
-        ) from None
-    return module
+    return load_module(path, module_name, "redis migration")
 
 
 # -- the context handed to migrations ---------------------------------------------------------
