@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -29,6 +30,15 @@ def _publish(state: CliState, result: Any, as_json: bool) -> int:
         echo(render_text(data))
         echo(f"reports: {paths.json} {paths.markdown}")
     return int(data["exit_code"])
+
+
+def _interrupt_on_sigterm() -> None:
+    """A cancelled CI job gets SIGTERM: treat it like Ctrl-C, so the release rolls back."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 @click.command("release")
@@ -70,6 +80,7 @@ def release(
     settings = state.settings()
     if resume_ == bool(image):
         raise click.UsageError("give either --image REF or --resume")
+    _interrupt_on_sigterm()
     with StepDisplay(stream=sys.stderr) as display:
         if resume_:
             result = run.resume(settings, listener=display, force=force)

@@ -174,7 +174,9 @@ def _finish(
     """Decide the outcome; roll back when a step after the first change failed."""
     if failure is None:
         outcome, code, error = Outcome.SUCCEEDED, ExitCode.OK, None
-    elif failure.name in _BEFORE_CHANGES:
+    elif failure.name in _BEFORE_CHANGES or not ctx.changes:
+        # Nothing in the undo log (e.g. the backup itself failed, or a crash before the
+        # first change): there is nothing to roll back and no manifest to verify against.
         outcome, code = Outcome.FAILED, ExitCode.CHECK_FAILED
         error = f"{failure.name}: {failure.summary} (nothing was changed)"
     elif failure.name == pipeline_steps.POINT_OF_NO_RETURN:
@@ -291,6 +293,7 @@ def _context_from(
     deploy = next((c for c in ctx.changes if c["kind"] == "deploy"), None)
     if deploy is not None:
         ctx.target = deploy["color"]
+        ctx.previous_image = deploy.get("previous_image")
         from releasegate.router.manager import other_color
 
         ctx.live_before = switch["from"] if switch else other_color(deploy["color"])
@@ -329,7 +332,11 @@ def resume(
         if "promote" in done:
             names = [name for name, _ in pipeline_steps.STEPS]
             # Sections the remaining steps read, rebuilt from the ledger.
-            ctx.sections["plan"] = {"contract": [], "expand": []}
+            plan = (interrupted.summary or {}).get("plan") or {}
+            ctx.sections["plan"] = {
+                "contract": list(plan.get("contract", [])),
+                "expand": list(plan.get("expand", [])),
+            }
             return _run_from(ctx, names.index("watch"), listener)
         record = StepRecord("resume", "failed", 0.0, "interrupted before promotion: rolling back")
         ctx.steps.append(record)

@@ -129,6 +129,8 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
             " release with --allow-contract (they run at finalize, after the old version stops)",
             {"contract": contract},
         )
+    # What finalize needs if the release is resumed after promotion (see run.resume).
+    ctx.ledger.merge_summary(ctx.release_id, {"plan": {"expand": expand, "contract": contract}})
     return StepOutcome(True, summary, {"expand": expand, "contract": contract})
 
 
@@ -186,7 +188,7 @@ def deploy(ctx: ReleaseContext) -> StepOutcome:
     from releasegate.deploy import containers
 
     assert ctx.target is not None
-    ctx.record_change(DEPLOY, color=ctx.target)
+    ctx.record_change(DEPLOY, color=ctx.target, previous_image=ctx.previous_image)
     result = containers.deploy(
         ctx.settings,
         ctx.target,

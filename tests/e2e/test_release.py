@@ -1,0 +1,189 @@
+"""``releasegate release`` end to end: the example service on real Postgres, Redis,
+embedded Qdrant, Docker and HAProxy, with a short Locust SLO gate.
+
+v2 is released and promoted; v3-bad fails its SLO gate and is rolled back, verified
+against the pre-release manifest; a dry run and a release blocked by a pending contract
+revision change nothing; a rolled-back image is refused unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from release_env import ReleaseEnv, ensure_images, open_release_env
+
+from releasegate.pipeline.undo import redis_counts_now
+
+pytestmark = pytest.mark.slow
+
+STEPS = [
+    "preflight",
+    "plan",
+    "backup",
+    "migrate",
+    "deploy",
+    "smoke",
+    "slo gate",
+    "promote",
+    "watch",
+    "finalize",
+]
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    ensure_images()
+
+
+@pytest.fixture
+def release_env(images: None, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[ReleaseEnv]:
+    with open_release_env(tmp_path / "project", pg_url, redis_url) as env:
+        yield env
+
+
+def _bounds(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _snapshot(env: ReleaseEnv) -> dict[str, Any]:
+    return {
+        "versions": env.versions(),
+        "counts": env.counts(),
+        "weights": env.weights(),
+        "containers": env.container_colors(),
+    }
+
+
+def test_dry_run_and_a_blocked_contract_change_nothing(release_env: ReleaseEnv) -> None:
+    env = release_env
+    before = _snapshot(env)
+    assert before["versions"]["postgres"] == "0002"
+
+    dry = env.run("release", "--image", "notes:v2", "--dry-run", "--allow-contract", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    data = json.loads(dry.stdout)
+    assert data["outcome"] == "dry_run"
+    assert [(s["name"], s["status"]) for s in data["steps"]] == [
+        ("preflight", "ok"),
+        ("plan", "ok"),
+    ]
+    assert data["plan"]["expand"] == ["0003", "0004", "0005"]
+    assert data["plan"]["contract"] == ["0006"]
+    assert env.releases(kind="dry-run")[-1]["outcome"] == "succeeded"
+    # A dry run reports the pending contract revision as blocking without the flag.
+    dry = env.run("release", "--image", "notes:v2", "--dry-run", "--json")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert json.loads(dry.stdout)["outcome"] == "blocked"
+    assert env.releases() == []  # dry runs are no releases
+
+    # 0006 (contract) is pending: without --allow-contract the release stops at plan.
+    blocked = env.run("release", "--image", "notes:v2", "--json")
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    data = json.loads(blocked.stdout)
+    assert data["outcome"] == "failed"
+    assert [(s["name"], s["status"]) for s in data["steps"]] == [
+        ("preflight", "ok"),
+        ("plan", "failed"),
+    ]
+    assert "0006" in data["error"] and "nothing was changed" in data["error"]
+    row = env.last_release()
+    assert row["outcome"] == "failed"
+    assert not (env.root / ".releasegate" / "backups").exists() or not any(
+        (env.root / ".releasegate" / "backups").iterdir()
+    )
+    assert _snapshot(env) == before
+    assert env.serving() == {"blue:v1": 6}
+
+
+def test_release_v2_then_v3_bad_rolls_back(release_env: ReleaseEnv, tmp_path: Path) -> None:
+    env = release_env
+    output, summary = tmp_path / "github_output", tmp_path / "step_summary"
+    github = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(output),
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }
+
+    # -- v2: every gate passes, green is promoted --------------------------------------
+    v2 = env.run("release", "--image", "notes:v2", "--allow-contract", env=github)
+    assert v2.returncode == 0, v2.stdout + v2.stderr
+    row = env.last_release()
+    assert row["outcome"] == "succeeded"
+    assert row["image_ref"] == "notes:v2"
+    events = env.events(row["id"])
+    assert [e["step"] for e in events] == ["lock", *STEPS]
+    assert all(e["status"] in ("ok", "skipped") for e in events)
+    assert {e["step"]: e["status"] for e in events}["watch"] == "skipped"  # watch = 0
+
+    report = env.report(row["id"])
+    assert report["outcome"] == "succeeded" and report["exit_code"] == 0
+    assert report["colors"] == {"live_before": "blue", "target": "green", "live_after": "green"}
+    assert [s["name"] for s in report["steps"]] == STEPS
+    md = (env.root / ".releasegate" / "reports" / f"release-{row['id']}.md").read_text()
+    assert f"release {row['id']}: SUCCEEDED" in md
+    outputs = output.read_text()
+    assert f"release-id={row['id']}\n" in outputs
+    assert "outcome=succeeded\n" in outputs
+    assert f"release {row['id']}: SUCCEEDED" in summary.read_text()
+
+    assert env.weights() == {"blue": 0, "green": 100}
+    assert env.serving() == {"green:v2": 6}
+    assert env.container_colors() == {"green": "notes:v2"}  # blue stopped at finalize
+    assert env.versions()["postgres"] == "0006"
+
+    # -- v3-bad: the SLO gate fails; rolled back and verified --------------------------
+    v3 = env.run("release", "--image", "notes:v3-bad", "--json", env=github)
+    assert v3.returncode == 1, v3.stdout + v3.stderr
+    data = json.loads(v3.stdout)
+    assert data["outcome"] == "rolled_back"
+    assert data["error"].startswith("slo gate:")
+    assert data["colors"]["live_after"] == "green"
+    rollback = data["rollback"]
+    assert rollback["verification"]["ok"] is True
+    assert rollback["ok"] is True and rollback["manual_steps"] == []
+    assert env.report(data["release_id"])["rollback"]["verification"]["ok"] is True
+    row = env.last_release()
+    assert row["id"] == data["release_id"] and row["outcome"] == "rolled_back"
+    assert "outcome=rolled_back\n" in output.read_text()
+
+    # The pre-release manifest (the release's backup) equals the live state again.
+    manifest = data["backup"]
+    versions = env.versions()
+    assert versions["postgres"] == manifest["versions"]["alembic"] == "0006"
+    assert versions["redis"] == manifest["versions"]["redis"]
+    assert versions["qdrant"] == manifest["versions"]["qdrant"]
+    set_dir = env.root / ".releasegate" / "backups" / manifest["set_id"]
+    assert set_dir.is_dir()
+    redis_entry = next(e for e in manifest["stores"] if e["store"] == "redis")
+    # Sessions expire on their own: the manifest's keys that are still alive now.
+    # (A (surely alive, possibly alive) pair: keys close to their expiry may be either.)
+    alive_before = _bounds(redis_counts_now(set_dir, redis_entry)["keys"])
+    counts = env.counts()
+    alive_after = _bounds(redis_counts_now(set_dir, redis_entry)["keys"])
+    assert alive_after[0] <= counts["redis"]["keys"] <= alive_before[1]
+    assert counts["redis"]["keys"] > 0
+    for entry in manifest["stores"]:
+        live = counts[entry["store"]]
+        if entry["store"] == "postgres":
+            assert live["tables"] == entry["counts"]["tables"]
+            assert live["tables"].get("public.users", live["tables"].get("users")) == 200
+        elif entry["store"] == "qdrant":
+            assert live["collections"] == entry["counts"]["collections"]
+    assert env.weights() == {"blue": 0, "green": 100}
+    assert env.serving() == {"green:v2": 6}
+    assert env.container_colors() == {"green": "notes:v2"}
+
+    # -- the rolled-back digest is refused again unless --force -----------------------
+    again = env.run("release", "--image", "notes:v3-bad", "--json")
+    assert again.returncode == 1, again.stdout + again.stderr
+    data = json.loads(again.stdout)
+    assert data["outcome"] == "failed"
+    assert "rolled back in release" in data["error"] and "--force" in data["error"]
+    forced = env.run("release", "--image", "notes:v3-bad", "--force", "--dry-run", "--json")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert json.loads(forced.stdout)["outcome"] == "dry_run"
+    assert env.serving() == {"green:v2": 6}

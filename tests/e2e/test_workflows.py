@@ -1,0 +1,257 @@
+"""The GitHub Actions workflows: schema, security rules, the preflight's bad-input checks,
+and (slow) a rehearsal of the staging release under act."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+NAMES = ["release.yml", "staging.yml", "production.yml", "ci.yml"]
+PREFLIGHT = ROOT / "scripts" / "ci" / "preflight.sh"
+BIN = Path(sys.executable).parent
+
+
+def _load(name: str) -> dict[Any, Any]:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    assert isinstance(data, dict)
+    # PyYAML reads the key `on` as True.
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+def _steps(data: dict[Any, Any]) -> list[dict[str, Any]]:
+    return [s for job in data["jobs"].values() for s in job.get("steps", [])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_matches_the_schema(name: str) -> None:
+    tool = shutil.which("check-jsonschema") or str(BIN / "check-jsonschema")
+    proc = subprocess.run(
+        [tool, "--builtin-schema", "vendor.github-workflows", str(WORKFLOWS / name)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_when_installed() -> None:
+    tool = shutil.which("actionlint")
+    if tool is None:
+        pytest.skip("actionlint is not installed")
+    proc = subprocess.run(
+        [tool, *[str(WORKFLOWS / n) for n in NAMES]], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_remote_actions_are_pinned_to_full_shas(name: str) -> None:
+    for step in _steps(_load(name)):
+        uses = step.get("uses")
+        if uses and not uses.startswith("./"):
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", uses), uses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_permissions_are_minimal_per_job(name: str) -> None:
+    data = _load(name)
+    assert data.get("permissions") == {}, "the workflow grants nothing by default"
+    for job_id, job in data["jobs"].items():
+        assert "permissions" in job, f"job {job_id} states its permissions"
+        for scope, level in (job["permissions"] or {}).items():
+            assert level in ("read", "write"), (job_id, scope)
+            assert scope in {"contents", "packages", "deployments"}, (job_id, scope)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_expressions_reach_the_shell_only_through_env(name: str) -> None:
+    for step in _steps(_load(name)):
+        script = step.get("run", "")
+        assert "${{" not in script, f"step {step.get('name')!r} expands an expression in run:"
+
+
+def test_release_workflow_interface() -> None:
+    data = _load("release.yml")
+    call = data["on"]["workflow_call"]
+    inputs = call["inputs"]
+    for name in ("image", "version", "environment", "config", "gate-profile", "dry-run", "target"):
+        assert name in inputs
+    assert inputs["qdrant"]["default"] == "service"
+    assert {"REGISTRY_TOKEN", "DOCKER_HOST", "DATABASE_URL", "REDIS_URL"} <= set(call["secrets"])
+    assert {"release-id", "outcome", "digest", "report"} <= set(call["outputs"])
+    jobs = data["jobs"]
+    assert jobs["release"]["needs"] == "build"
+    assert set(jobs["release"]["services"]) == {"postgres", "redis", "qdrant"}
+    assert jobs["release"]["concurrency"]["cancel-in-progress"] is False
+    names = [s.get("name", "") for s in jobs["release"]["steps"]]
+    assert any("Roll back" in n for n in names)
+    assert any("evidence" in n for n in names)
+
+
+def test_production_waits_and_never_cancels() -> None:
+    data = _load("production.yml")
+    assert set(data["on"]["workflow_dispatch"]["inputs"]) == {"version", "dry-run"}
+    assert data["concurrency"]["cancel-in-progress"] is False
+    release = data["jobs"]["release"]
+    assert release["uses"] == "./.github/workflows/release.yml"
+    assert release["with"]["environment"] == "production"
+
+
+def test_staging_runs_on_push_to_main() -> None:
+    data = _load("staging.yml")
+    assert data["on"]["push"]["branches"] == ["main"]
+    assert data["jobs"]["release"]["with"]["environment"] == "staging"
+
+
+# --- the preflight: bad input fails before anything is built or deployed -----------------
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)
+    (tmp_path / "releasegate.toml").write_text(
+        '[service]\nname = "notes"\n[postgres]\nurl_env = "DB_URL"\n'
+        '[redis]\nurl_env = "R_URL"\n[qdrant]\nurl_env = "Q_URL"\n'
+    )
+    subprocess.run([*git, "-C", str(tmp_path), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "one"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "tag", "v1.0.0"], check=True)
+    return tmp_path
+
+
+def _preflight(repo: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RG_", "GITHUB_"))}
+    for name in ("DOCKER_HOST", "DATABASE_URL", "REDIS_URL", "QDRANT_URL", "ACT"):
+        env.pop(name, None)
+    env.update(
+        {
+            "RG_IMAGE": "ghcr.io/acme/notes",
+            "RG_VERSION": "v1.0.0",
+            "RG_ENVIRONMENT": "staging",
+            "RG_CONFIG": "releasegate.toml",
+            "RG_TARGET": "ephemeral",
+        }
+    )
+    env.update(overrides)
+    return subprocess.run(
+        ["bash", str(PREFLIGHT), str(repo)], capture_output=True, text=True, env=env
+    )
+
+
+def test_preflight_accepts_good_input(repo: Path) -> None:
+    proc = _preflight(repo)
+    assert proc.returncode == 0, proc.stderr
+    assert "preflight ok" in proc.stdout
+
+
+def test_preflight_accepts_a_remote_target_with_its_secrets(repo: Path) -> None:
+    proc = _preflight(
+        repo,
+        RG_TARGET="remote",
+        DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DATABASE_URL="postgresql://u:very-secret@db/x",
+        REDIS_URL="redis://r/0",
+        QDRANT_URL="http://q:6333",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "very-secret" not in proc.stdout + proc.stderr
+
+
+def test_preflight_rejects_a_version_that_does_not_exist(repo: Path) -> None:
+    proc = _preflight(repo, RG_VERSION="v9.9.9")
+    assert proc.returncode == 2
+    assert "error: version 'v9.9.9' does not exist" in proc.stderr
+    assert "nothing was built or deployed" in proc.stderr
+
+
+def test_preflight_rejects_a_wrong_config_path(repo: Path) -> None:
+    proc = _preflight(repo, RG_CONFIG="deploy/releasegate.toml")
+    assert proc.returncode == 2
+    assert "error: config file 'deploy/releasegate.toml' not found" in proc.stderr
+
+
+def test_preflight_rejects_a_config_outside_the_repository(repo: Path) -> None:
+    proc = _preflight(repo, RG_CONFIG="../releasegate.toml")
+    assert proc.returncode == 2
+    assert "must be a path inside the repository" in proc.stderr
+
+
+def test_preflight_names_every_missing_secret_of_a_remote_target(repo: Path) -> None:
+    proc = _preflight(repo, RG_TARGET="remote", REDIS_URL="redis://r/0")
+    assert proc.returncode == 2
+    assert "error: target remote needs the secrets DOCKER_HOST DATABASE_URL QDRANT_URL" in (
+        proc.stderr
+    )
+    # Embedded Qdrant needs no Qdrant URL.
+    proc = _preflight(repo, RG_TARGET="remote", RG_QDRANT="embedded", REDIS_URL="redis://r/0")
+    assert "needs the secrets DOCKER_HOST DATABASE_URL:" in proc.stderr
+
+
+def test_preflight_reports_every_bad_input_at_once(repo: Path) -> None:
+    proc = _preflight(repo, RG_TARGET="cloud", RG_GATE_PROFILE="forever", RG_IMAGE="Notes:latest")
+    assert proc.returncode == 2
+    assert "input target 'cloud' is unknown" in proc.stderr
+    assert "input gate-profile 'forever' is unknown" in proc.stderr
+    assert "input image 'Notes:latest' is not an image name" in proc.stderr
+
+
+def test_preflight_writes_annotations_under_actions(repo: Path) -> None:
+    proc = _preflight(repo, RG_VERSION="nope", ACT="true")
+    assert proc.returncode == 2
+    assert proc.stdout.startswith("::error title=releasegate preflight::version 'nope'")
+
+
+# --- slow: the staging workflow under act, with local images only ------------------------
+
+REHEARSAL = ROOT / "scripts" / "ci" / "act-rehearsal.sh"
+STAGING_BUDGET_S = 8 * 60
+
+
+def _rehearse(variant: str) -> tuple[str, float, str]:
+    """Runs the rehearsal; returns (outcome, seconds, output)."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(REHEARSAL), variant],
+        capture_output=True,
+        text=True,
+        timeout=20 * 60,
+        cwd=ROOT,
+    )
+    elapsed = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("releasegate-outcome="), output[-4000:]
+    outcome = lines[-1].removeprefix("releasegate-outcome=")
+    timings = proc.stdout[proc.stdout.rfind("step timings:") :]
+    print(f"\n{variant}: {outcome} in {elapsed:.0f} s\n{timings}")
+    return outcome, elapsed, output
+
+
+@pytest.mark.slow
+def test_act_rehearsal_promotes_v2_and_rolls_back_v3_bad() -> None:
+    if shutil.which("docker") is None or not (BIN / "act").exists():
+        pytest.skip("needs docker and act (the dev extras)")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine")
+
+    outcome, elapsed, output = _rehearse("v2")
+    assert outcome == "succeeded", output[-6000:]
+    assert elapsed < STAGING_BUDGET_S, f"staging took {elapsed:.0f} s"
+
+    outcome, elapsed, output = _rehearse("v3-bad")
+    assert outcome == "rolled_back", output[-6000:]
+    assert elapsed < STAGING_BUDGET_S, f"staging took {elapsed:.0f} s"
