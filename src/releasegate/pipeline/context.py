@@ -102,9 +102,6 @@ class ReleaseContext:
         self.changes.append({"kind": kind, **data})
         self.ledger.merge_summary(self.release_id, {"changes": self.changes})
 
-    def change(self, kind: str) -> dict[str, Any] | None:
-        return next((c for c in self.changes if c["kind"] == kind), None)
-
     @property
     def out_dir(self) -> Path:
         return self.settings.resolve_path(self.settings.raw.release.report_dir)
