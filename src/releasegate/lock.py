@@ -14,7 +14,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from releasegate import db
-from releasegate.config import format_duration
+from releasegate.config import Settings, format_duration
 from releasegate.errors import LockNotObtained
 
 # First half of the two-int advisory key: keeps releasegate's locks apart from the app's.
@@ -114,6 +114,18 @@ def release_lock(
         return
     with _acquire(url, service, purpose, wait, poll_interval, connect_timeout) as lock:
         yield lock
+
+
+def service_lock(settings: Settings, purpose: str) -> AbstractContextManager[HeldLock]:
+    """:func:`release_lock` for the configured service, with the configured wait."""
+    return release_lock(
+        settings.postgres_url(),
+        settings.service,
+        purpose,
+        wait=settings.raw.lock.wait,
+        poll_interval=settings.raw.lock.poll_interval,
+        connect_timeout=settings.raw.postgres.connect_timeout,
+    )
 
 
 _local = threading.local()

@@ -48,7 +48,7 @@ from releasegate.errors import (
     StateError,
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import HeldLock, release_lock
+from releasegate.lock import HeldLock, service_lock
 from releasegate.runinfo import git_sha, performer
 
 STORES: tuple[str, ...] = STORE_ORDER
@@ -700,14 +700,7 @@ def _lock(settings: Settings, held: HeldLock | None, purpose: str) -> Iterator[H
         held.ensure_held()
         yield held
         return
-    with release_lock(
-        settings.postgres_url(),
-        settings.service,
-        purpose,
-        wait=settings.raw.lock.wait,
-        poll_interval=settings.raw.lock.poll_interval,
-        connect_timeout=settings.raw.postgres.connect_timeout,
-    ) as lock:
+    with service_lock(settings, purpose) as lock:
         yield lock
 
 

@@ -28,7 +28,7 @@ from releasegate.errors import (
     StateError,
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import HeldLock, release_lock
+from releasegate.lock import HeldLock, service_lock
 from releasegate.migrations.project import (
     AlembicProject,
     Revision,
@@ -303,14 +303,7 @@ def _migrate(
     opts = settings.raw.migrations
     purpose = f"migrate {direction}"
     with (
-        release_lock(
-            url,
-            settings.service,
-            purpose,
-            wait=settings.raw.lock.wait,
-            poll_interval=settings.raw.lock.poll_interval,
-            connect_timeout=settings.raw.postgres.connect_timeout,
-        ) as held,
+        service_lock(settings, purpose) as held,
         Ledger.open(url) as ledger,
         sqlalchemy_connection(
             url,

@@ -19,7 +19,7 @@ from releasegate import db
 from releasegate.config import Settings
 from releasegate.errors import ConfigError, ExitCode, ReleasegateError, StateError
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import HeldLock, release_lock, shared
+from releasegate.lock import HeldLock, service_lock, shared
 from releasegate.pipeline import steps as pipeline_steps
 from releasegate.pipeline.context import (
     SWITCH,
@@ -92,14 +92,7 @@ def _release_session(
     url = settings.postgres_url()
     db.check_url(url, f"${settings.raw.postgres.url_env}")
     with (
-        release_lock(
-            url,
-            settings.service,
-            kind,
-            wait=settings.raw.lock.wait,
-            poll_interval=settings.raw.lock.poll_interval,
-            connect_timeout=settings.raw.postgres.connect_timeout,
-        ) as held,
+        service_lock(settings, kind) as held,
         shared(held),
         Ledger.open(url, kind) as ledger,
     ):
@@ -315,13 +308,7 @@ def resume(
     if interrupted is None:
         raise StateError(f"no interrupted release of service '{settings.service}' to resume")
     with (
-        release_lock(
-            url,
-            settings.service,
-            "release --resume",
-            wait=settings.raw.lock.wait,
-            poll_interval=settings.raw.lock.poll_interval,
-        ) as held,
+        service_lock(settings, "release --resume") as held,
         shared(held),
         Ledger.open(url, "resume") as ledger,
     ):

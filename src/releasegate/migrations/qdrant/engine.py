@@ -87,7 +87,7 @@ from releasegate.errors import (
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.ledger.schema import LEDGER_SCHEMA
-from releasegate.lock import HeldLock, release_lock
+from releasegate.lock import HeldLock, service_lock
 from releasegate.migrations.loader import load_module
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores.qdrant import (
@@ -850,14 +850,7 @@ def _session(
     url = settings.postgres_url()
     purpose = f"qdrant migrate {direction}"
     with (
-        release_lock(
-            url,
-            settings.service,
-            purpose,
-            wait=settings.raw.lock.wait,
-            poll_interval=settings.raw.lock.poll_interval,
-            connect_timeout=settings.raw.postgres.connect_timeout,
-        ) as held,
+        service_lock(settings, purpose) as held,
         Ledger.open(url) as ledger,
         using(settings, store) as st,
     ):

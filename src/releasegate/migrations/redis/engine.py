@@ -40,7 +40,7 @@ from releasegate.errors import (
     StateError,
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import HeldLock, release_lock
+from releasegate.lock import HeldLock, service_lock
 from releasegate.migrations.loader import load_module
 from releasegate.migrations.redis.helpers import (
     Checkpoint,
@@ -381,14 +381,7 @@ def _migrate(
     client = _connect(settings, f"migrate {direction}")
     try:
         with (
-            release_lock(
-                pg_url,
-                settings.service,
-                purpose,
-                wait=settings.raw.lock.wait,
-                poll_interval=settings.raw.lock.poll_interval,
-                connect_timeout=settings.raw.postgres.connect_timeout,
-            ) as held,
+            service_lock(settings, purpose) as held,
             Ledger.open(pg_url) as ledger,
         ):
             try:
