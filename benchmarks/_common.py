@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -72,3 +75,36 @@ def alternate(rounds: int, variants: dict[str, Callable[[], float]]) -> dict[str
         for name, fn in variants.items():
             samples[name].append(fn())
     return samples
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server() -> Iterator[int]:
+    """A throwaway redis-server on a free port (no persistence); yields the port."""
+    import redis
+
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server is not installed (scripts/lib/setup.sh installs it)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="rg-bench-redis-") as folder:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", folder,
+             "--save", "", "--appendonly", "no", "--logfile", f"{folder}/redis.log"],
+        )  # fmt: skip
+        try:
+            client = redis.Redis(port=port)
+            for _ in range(200):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

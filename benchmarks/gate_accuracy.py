@@ -21,7 +21,6 @@ import asyncio
 import json
 import math
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from statistics import NormalDist
 from typing import Any
 
 import uvicorn
+from _common import free_port
 
 from releasegate.config import SloSection
 from releasegate.gates.slo import run_slo_gate
@@ -133,12 +133,6 @@ class LatencyApp:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
         self.records.append((arrival, (time.perf_counter() - started) * 1000))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(app: LatencyApp) -> tuple[uvicorn.Server, threading.Thread, str]:

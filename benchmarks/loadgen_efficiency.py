@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _common import free_port
+
 from releasegate.gates.histogram import Histogram
 from releasegate.gates.locust_runner import LocustPlan, read_window
 
@@ -59,12 +61,6 @@ class Hammer({cls}):
     def fast(self):
         self.client.get("/", name="GET /")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[str, float, float]:

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import redis
-from _common import REPO_ROOT
+from _common import REPO_ROOT, redis_server
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "app"))
 from notes_app.seed_redis import seed_sessions
@@ -54,33 +50,6 @@ out["maxrss_mb"] = usage.ru_maxrss / 1024
 out["cpu"] = usage.ru_utime + usage.ru_stime
 print(json.dumps(out))
 """
-
-
-@contextmanager
-def redis_server() -> Iterator[int]:
-    """A throwaway redis-server on a free port; yields the port."""
-    if shutil.which("redis-server") is None:
-        sys.exit("redis-server is not installed (scripts/lib/setup.sh installs it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    with tempfile.TemporaryDirectory(prefix="rg-bench-redis-") as folder:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", folder,
-             "--save", "", "--appendonly", "no", "--logfile", f"{folder}/redis.log"],
-        )  # fmt: skip
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def server_cpu_seconds(client: redis.Redis) -> float:

@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import redis
-from _common import REPO_ROOT, scratch_db, server_url
+from _common import REPO_ROOT, redis_server, scratch_db, server_url
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "app"))
 from notes_app.seed_redis import seed_sessions
@@ -45,33 +40,6 @@ patterns = ["sess:*", "session:*"]
 migrations = "{migrations}"
 batch_size = {batch_size}
 """
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free port; yields its URL."""
-    if shutil.which("redis-server") is None:
-        sys.exit("redis-server is not installed (scripts/lib/setup.sh installs it)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="rg-bench-redis-") as folder:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", folder,
-             "--save", "", "--appendonly", "no", "--logfile", f"{folder}/redis.log"],
-        )  # fmt: skip
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def server_cpu_seconds(client: redis.Redis) -> float:
@@ -114,10 +82,11 @@ def main() -> None:
     from releasegate.migrations.redis import up
 
     with (
-        redis_server() as url,
+        redis_server() as port,
         scratch_db(server_url()) as pg_url,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url)
         config = Path(tmp) / "releasegate.toml"
         config.write_text(

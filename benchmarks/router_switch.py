@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT
+from _common import REPO_ROOT, free_port
 
 COLOR_ENV = "RG_BENCH_COLOR"
 STREAK = 20  # consecutive green answers that count as "100% of new requests"
@@ -58,12 +58,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": color})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -7,15 +7,50 @@ database. Each test that asks for `pg_url` gets a database of its own, dropped a
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_IMAGE = os.environ.get("RELEASEGATE_BASE_IMAGE", "releasegate/python:3.11-bookworm")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held together so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def ensure_base_image(client: Any) -> str:
+    """The offline base image, built by scripts/build-base-image.sh when missing (~1 min)."""
+    import docker
+
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run(
+            [str(REPO_ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE],
+            check=True,
+            timeout=900,
+        )
+    return BASE_IMAGE
 
 
 def _server_url() -> str:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 import docker
 import httpx
 import psycopg
+from conftest import free_ports
 from psycopg.rows import dict_row
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -110,17 +110,6 @@ stop_timeout = "2s"
 watch = 0
 report_dir = ".releasegate/reports"
 """
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def ensure_images() -> None:

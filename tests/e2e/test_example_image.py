@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +28,8 @@ import httpx
 import psycopg
 import pytest
 import redis
-from conftest import REPO_ROOT, Project
+from conftest import BASE_IMAGE, REPO_ROOT, Project, ensure_base_image, free_ports
 
-BASE_IMAGE = os.environ.get("RELEASEGATE_BASE_IMAGE", "releasegate/python:3.11-bookworm")
 RELEASEGATE = Path(sys.executable).parent / "releasegate"
 VARIANTS = ("v1", "v2", "v3-bad")
 
@@ -56,17 +54,6 @@ def run_cli(
     )
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[docker.DockerClient]:
     engine = docker.from_env()
@@ -80,14 +67,7 @@ def images(
     client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Images]:
     """The example image in its three variants, built offline from a copy of examples/app."""
-    try:
-        client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        subprocess.run(
-            [str(REPO_ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE],
-            check=True,
-            timeout=900,
-        )
+    ensure_base_image(client)
     root = tmp_path_factory.mktemp("example-build")
     shutil.copytree(
         REPO_ROOT / "examples" / "app",

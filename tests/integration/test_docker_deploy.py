@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import httpx
 import pytest
-from conftest import REPO_ROOT
+from conftest import BASE_IMAGE, ensure_base_image, free_ports
 
 from releasegate.config import Settings, load_config
 from releasegate.deploy import build as build_mod
@@ -30,7 +30,6 @@ from releasegate.deploy import containers
 from releasegate.deploy.wheels import build_wheels
 from releasegate.errors import CheckFailed, ConfigError, StateError
 
-BASE_IMAGE = os.environ.get("RELEASEGATE_BASE_IMAGE", "releasegate/python:3.11-bookworm")
 TEST_LABEL = "releasegate.test"
 RELEASEGATE = Path(sys.executable).parent / "releasegate"
 
@@ -79,19 +78,6 @@ CMD ["python3", "/server.py"]
 """
 
 
-def ensure_base_image(client: docker.DockerClient) -> str:
-    """The offline base image, built by scripts/build-base-image.sh when missing (~1 min)."""
-    try:
-        client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        subprocess.run(
-            [str(REPO_ROOT / "scripts" / "build-base-image.sh"), BASE_IMAGE],
-            check=True,
-            timeout=900,
-        )
-    return BASE_IMAGE
-
-
 @pytest.fixture(scope="module")
 def client() -> Iterator[docker.DockerClient]:
     engine = docker.from_env()
@@ -122,17 +108,6 @@ def tiny_image(
     yield tag
     with contextlib.suppress(docker.errors.DockerException):
         client.images.remove(tag, force=True)
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 CONFIG = """\

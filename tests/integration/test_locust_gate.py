@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+from conftest import free_port
 
 from releasegate.cli import main
 from releasegate.config import SloSection, load_config
@@ -82,12 +82,6 @@ def serve() -> Iterator[Callable[..., LoadServer]]:
     for srv in servers:
         srv.shutdown()
         srv.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 LOCUSTFILE = """\

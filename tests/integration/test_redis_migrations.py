@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import free_port
 
 from releasegate.errors import (
     ConfigError,
@@ -377,14 +378,6 @@ from releasegate.migrations.redis import up
 # Slow the batches down a little so the test can kill Redis in the middle.
 up(load_config(sys.argv[1]), on_progress=lambda progress: time.sleep(0.01))
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

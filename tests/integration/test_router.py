@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 from releasegate.config import Settings, load_config
 from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
@@ -43,12 +44,6 @@ HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/us
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
 RELEASEGATE = str(Path(sys.executable).parent / "releasegate")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ColorServer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import free_port
 
 from releasegate.cli import main
 from releasegate.errors import ConfigError
@@ -107,12 +107,6 @@ def server() -> Iterator[_Server]:
 
 def url_of(srv: _Server) -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 GOOD_TOML = """\
