@@ -28,7 +28,8 @@ ENV_PREFIX = "RELEASEGATE_"
 # Variables with this prefix that are not key overrides.
 RESERVED_ENV = {"RELEASEGATE_CONFIG", "RELEASEGATE_DEBUG", "RELEASEGATE_PERFORMER"}
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
+# [0-9], not \d: \d and float() also take full-width and Arabic-Indic digits.
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -42,7 +43,9 @@ def parse_duration(value: object) -> float:
     elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 5s, 2m")
+        from releasegate.gates.thresholds import digits_hint
+
+        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 5s, 2m{digits_hint(value)}")
     if not math.isfinite(seconds):  # TOML has nan and inf literals
         raise ValueError("a duration must be a finite number")
     if seconds < 0:

@@ -47,7 +47,8 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 
 _METRIC_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.()]*)")
 _OP_RE = re.compile(r"\s*([<>=!]+)")
-_NUMBER_RE = re.compile(r"\s*(\d+(?:\.\d+)?)(?![\d.])")
+# ASCII digits only: Python's \d and float() also take full-width and Arabic-Indic digits.
+_NUMBER_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)(?![0-9.])")
 _UNIT_RE = re.compile(r"\s*(ms|s|%|/s)\s*$")
 
 
@@ -86,6 +87,17 @@ def format_value(metric: str, value: float, *, exact: bool = False) -> str:
     return f"{value:g}" if exact else f"{int(value)}"
 
 
+def non_ascii_digit(text: str) -> str | None:
+    """The first digit in ``text`` that is not one of ``0``-``9`` (e.g. a full-width one)."""
+    return next((ch for ch in text if ch.isdigit() and not ch.isascii()), None)
+
+
+def digits_hint(value: object) -> str:
+    """``"; ..."`` naming a non-ASCII digit in ``value``, for a parse error; else empty."""
+    digit = non_ascii_digit(value) if isinstance(value, str) else None
+    return "" if digit is None else f" (only ASCII digits 0-9 count, not {digit!r})"
+
+
 def _fail(rule: str, why: str) -> ConfigError:
     return ConfigError(f"invalid threshold {rule!r}: {why}")
 
@@ -97,6 +109,8 @@ def parse_threshold(rule: str, scope: str = TOTAL_SCOPE) -> Threshold:
     text = rule.strip()
     if not text:
         raise _fail(rule, "empty rule")
+    if (digit := non_ascii_digit(text)) is not None:
+        raise _fail(rule, f"only ASCII digits 0-9 are allowed, not {digit!r}")
 
     metric_match = _METRIC_RE.match(text)
     if metric_match is None:
@@ -131,6 +145,8 @@ def parse_threshold(rule: str, scope: str = TOTAL_SCOPE) -> Threshold:
     limit = _canonical(rule, metric, value, unit)
     if op == "<" and limit == 0:
         raise _fail(rule, f"'{metric} < 0' can never pass")
+    if metric == "error_rate" and op == ">" and limit >= 1:
+        raise _fail(rule, "can never pass: an error rate cannot exceed 100%")
     return Threshold(scope=scope, metric=metric, op=op, limit=limit, text=text)
 
 
@@ -185,10 +201,12 @@ def parse_ratio(value: object) -> float:
         raise ValueError("expected a ratio such as 10% or 0.1")
     if isinstance(value, int | float):
         ratio = float(value)
-    elif isinstance(value, str) and (match := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*", value)):
+    elif isinstance(value, str) and (
+        match := re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(%?)\s*", value)
+    ):
         ratio = float(match.group(1)) / (100.0 if match.group(2) else 1.0)
     else:
-        raise ValueError(f"invalid ratio {value!r}: use e.g. 10% or 0.1")
+        raise ValueError(f"invalid ratio {value!r}: use e.g. 10% or 0.1{digits_hint(value)}")
     if not math.isfinite(ratio) or ratio < 0:
         raise ValueError("a ratio must be a finite non-negative number")
     return ratio
