@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from releasegate.errors import ConfigError
-from releasegate.secrets import mask_url, register_secret, register_url
+from releasegate.secrets import check_url, mask_url, register_secret
 
 DEFAULT_CONFIG_NAME = "releasegate.toml"
 ENV_PREFIX = "RELEASEGATE_"
@@ -347,7 +347,7 @@ class Settings:
         url = self.env.get(var, "")
         if not url:
             raise ConfigError(f"environment variable {var} ({key}) is not set")
-        register_url(url)
+        check_url(url, f"${var}")
         return url
 
     def postgres_url(self) -> str:
@@ -368,7 +368,7 @@ class Settings:
         url = self.env.get(section.url_env) or None
         api_key = self.env.get(section.api_key_env) or None
         if url:
-            register_url(url)
+            check_url(url, f"${section.url_env}")
             register_secret(api_key)
             return url, None, api_key
         if section.path is None:
@@ -387,6 +387,8 @@ class Settings:
                 continue
             var = values["url_env"]
             url = self.env.get(var)
+            if url:
+                check_url(url, f"${var}")
             values["url"] = mask_url(url) if url else f"<{var} is not set>"
         data["migrations"]["postgres"] = str(self.migrations_dir)
         return {"config": str(self.path), **data}

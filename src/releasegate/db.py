@@ -7,17 +7,19 @@ is doing what.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
+from releasegate import secrets
 from releasegate.errors import ConfigError, InfraError
 from releasegate.runinfo import performer
 from releasegate.secrets import redact
@@ -26,7 +28,13 @@ _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2
 
 
 def check_url(url: str, source: str = "postgres URL") -> str:
-    """Validate a Postgres URL and return it in libpq form (``postgresql://``)."""
+    """Validate a Postgres URL and return it in libpq form (``postgresql://``).
+
+    A URL whose password holds a raw ``@ : / % ? #`` is refused with the rule
+    (:func:`releasegate.secrets.check_url`): parsed one way or another, a piece of the
+    password would end up in a host name or an error message.
+    """
+    secrets.check_url(url, source)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -46,6 +54,33 @@ def check_url(url: str, source: str = "postgres URL") -> str:
 def sqlalchemy_url(url: str) -> str:
     """The URL with the psycopg 3 driver that SQLAlchemy needs."""
     return "postgresql+psycopg" + check_url(url)[len("postgresql") :]
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The libpq URL without any password, and the password, percent-decoded.
+
+    The password may sit in the user info (``user:pw@``) or in the query
+    (``?password=pw``); the query's wins, as in libpq. Client programs get the URL in
+    their arguments and the password in ``PGPASSWORD``: arguments are visible to every
+    local user in ``/proc/*/cmdline``, a process's environment is not.
+    """
+    parts = urlsplit(check_url(url))
+    netloc, password = parts.netloc, None
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, encoded = userinfo.partition(":")
+        netloc = f"{user}@{hostport}"
+        password = encoded if sep else None
+    kept = []
+    for item in parts.query.split("&") if parts.query else []:
+        key, _, value = item.partition("=")
+        if unquote(key) == "password":
+            password = value
+        else:
+            kept.append(item)
+    query = "&".join(kept)
+    decoded = None if password is None else os.fsdecode(unquote_to_bytes(password))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), decoded
 
 
 def database_name(url: str) -> str:

@@ -9,9 +9,13 @@ masked with :func:`mask_url` first.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from releasegate.errors import ConfigError
 
 MASK = "***"
+# What a user must do for a URL whose credentials cannot be told apart from the rest.
+URL_RULE = "percent-encode @ : / % ? # in the password (e.g. %40 for @, %25 for %)"
 
 _registered: set[str] = set()
 
@@ -19,7 +23,46 @@ _registered: set[str] = set()
 _USERINFO_RE = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@"
 )
-_SECRET_QUERY_RE = re.compile(r"(?i)\b(password|passwd|token|api[_-]?key|secret)=([^&\s]+)")
+# A value ends at "&", blanks and quotes: in JSON or a quoted message, the closing quote stays.
+_SECRET_QUERY_RE = re.compile(r"(?i)\b(password|passwd|token|api[_-]?key|secret)=([^&\s'\"\\<>]+)")
+
+
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def url_ambiguity(url: str) -> str | None:
+    """Why ``url``'s credentials cannot be parsed unambiguously, or None when they can.
+
+    Parsers disagree on a raw ``@``, ``/``, ``?``, ``#`` or second ``:`` in a password
+    (``urlsplit`` splits at the first ``/``, libpq and others at the last ``@``), and a raw
+    ``%`` is an invalid escape: any of them can put a piece of the password in a host
+    name, a path or an error message. The reason never quotes the URL.
+    """
+    _scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    ats = rest.count("@")
+    if ats > 1:
+        return "it holds more than one '@'"
+    if ats == 1:
+        at = rest.index("@")
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if end < at:
+            return f"a '{rest[end]}' comes before the '@'"
+        if rest[:at].count(":") > 1:
+            return "the part before the '@' holds more than one ':'"
+    if _BAD_PERCENT_RE.search(rest):
+        return "it holds a '%' that does not start a %XX escape"
+    return None
+
+
+def check_url(url: str, source: str) -> None:
+    """Raise :class:`ConfigError` naming ``source`` and the rule when :func:`url_ambiguity`
+    finds a problem; register the URL's secrets otherwise."""
+    why = url_ambiguity(url)
+    if why is not None:
+        raise ConfigError(f"{source} is malformed: {why}; {URL_RULE}")
+    register_url(url)
 
 
 def register_secret(value: str | None) -> None:
@@ -29,7 +72,18 @@ def register_secret(value: str | None) -> None:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (and secret-looking query values) replaced by ``***``."""
+    """The URL with its password (and secret-looking query values) replaced by ``***``.
+
+    A URL that :func:`url_ambiguity` refuses keeps only its user name and what follows
+    its last ``@``: any piece of the password lies in between.
+    """
+    if url_ambiguity(url) is not None:
+        scheme, _, rest = url.partition("://")
+        if "@" not in rest:
+            return redact(url)
+        user, sep, _ = rest.partition(":")
+        shown = f"{user}:" if sep and not any(c in user for c in "@/?#%") else ""
+        return f"{scheme}://{shown}{MASK}@{rest.rpartition('@')[2]}"
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -60,7 +114,9 @@ def register_url(url: str) -> None:
     except ValueError:
         register_secret(url)
         return
-    if parts.password:
-        register_secret(parts.password)
-    for match in _SECRET_QUERY_RE.finditer(parts.query):
-        register_secret(match.group(2))
+    values = [parts.password or ""]
+    values += [match.group(2) for match in _SECRET_QUERY_RE.finditer(parts.query)]
+    for value in values:
+        # Both spellings: libraries quote the decoded value, URLs the encoded one.
+        register_secret(value)
+        register_secret(unquote(value))

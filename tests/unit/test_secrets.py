@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from releasegate import secrets
+from releasegate.backup.postgres import libpq_target
+from releasegate.db import split_password
+from releasegate.errors import ConfigError
 from releasegate.secrets import MASK, mask_url, redact, register_secret, register_url
 
 
@@ -101,3 +104,99 @@ def test_register_url_registers_password_and_query_secrets() -> None:
 def test_register_url_without_password_registers_nothing(isolated_registry: set[str]) -> None:
     register_url("postgresql://app@db/notes")
     assert isolated_registry == set()
+
+
+# -- URLs whose credentials cannot be parsed unambiguously ------------------------------
+
+AMBIGUOUS_PASSWORDS = ["tk9m/Wv8q", "tk9m@Wv8q", "tk9m%Wv8q", "tk9m?Wv8q", "tk9m#Wv8q", "tk9m:Wv8q"]
+
+
+@pytest.mark.parametrize("password", AMBIGUOUS_PASSWORDS)
+@pytest.mark.parametrize("scheme", ["postgresql", "redis", "http"])
+def test_raw_special_characters_in_a_password_are_refused_with_the_rule(
+    password: str, scheme: str
+) -> None:
+    url = f"{scheme}://app:{password}@db.internal:5432/notes"
+    assert secrets.url_ambiguity(url) is not None
+    with pytest.raises(ConfigError) as info:
+        secrets.check_url(url, "$DATABASE_URL")
+    message = str(info.value)
+    assert message.startswith("$DATABASE_URL is malformed: ")
+    assert "percent-encode @ : / % ? # in the password" in message
+    for fragment in password.replace("/", " ").replace("@", " ").split():
+        assert fragment[:4] not in message
+
+
+@pytest.mark.parametrize("password", AMBIGUOUS_PASSWORDS)
+def test_mask_url_of_an_ambiguous_url_shows_no_fragment_of_the_password(password: str) -> None:
+    masked = mask_url(f"postgresql://app:{password}@db:5432/notes")
+    for fragment in ("tk9m", "Wv8q"):
+        assert fragment not in masked
+    assert masked.endswith("db:5432/notes")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:p%40ss%2Fw%25rd%3A%3F%23@db:5432/notes",
+        "postgresql://app@db/notes?password=p%40ss&sslmode=require",
+        "postgresql://%2Fvar%2Frun%2Fpostgresql/notes",
+        "postgresql://app:pw@[::1]:5432/notes",
+        "redis://:pw@cache:6379/0",
+        "redis://cache:6379/0",
+        "http://qdrant:6333",
+        "notaurl",
+    ],
+)
+def test_well_formed_urls_pass(url: str) -> None:
+    assert secrets.url_ambiguity(url) is None
+
+
+def test_check_url_registers_both_spellings_of_the_password() -> None:
+    secrets.check_url("postgresql://app:p%40ss%2Fword@db/notes", "$URL")
+    assert redact("got p%40ss%2Fword and p@ss/word") == "got *** and ***"
+
+
+# -- the password handed to client programs ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "without", "password"),
+    [
+        (
+            "postgresql://app:p%40ss%2Fw%25rd@db:5432/notes",
+            "postgresql://app@db:5432/notes",
+            "p@ss/w%rd",
+        ),
+        (
+            "postgresql://app@db:5432/notes?sslmode=require&password=s%26cret",
+            "postgresql://app@db:5432/notes?sslmode=require",
+            "s&cret",
+        ),
+        (
+            "postgres://app:first@db/notes?password=second",
+            "postgresql://app@db/notes",
+            "second",
+        ),
+        ("postgresql://app@db/notes", "postgresql://app@db/notes", None),
+        ("postgresql://app:@db/notes", "postgresql://app@db/notes", ""),
+    ],
+)
+def test_split_password_decodes_and_removes_it(
+    url: str, without: str, password: str | None
+) -> None:
+    assert split_password(url) == (without, password)
+
+
+def test_client_programs_get_the_decoded_password_in_their_environment_only() -> None:
+    libpq_url, env = libpq_target("postgresql://app@db/notes?password=p%40ss%3Fx", "backup")
+    assert "p%40ss" not in libpq_url and "password" not in libpq_url
+    assert env["PGPASSWORD"] == "p@ss?x"
+
+
+def test_redacting_a_query_secret_keeps_the_closing_quote_of_json() -> None:
+    text = '{"url": "postgresql://db/notes?password=***", "next": 1}'
+    assert redact(text) == text
+    assert redact("'postgresql://db/notes?token=t0k3n' given") == (
+        "'postgresql://db/notes?token=***' given"
+    )

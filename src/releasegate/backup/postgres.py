@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -158,21 +157,17 @@ def _server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
 def libpq_target(url: str, purpose: str) -> tuple[str, dict[str, str]]:
     """The URL without its password, and the environment carrying it (``PGPASSWORD``).
 
-    The child's ``application_name`` names releasegate and the performer, as for every
-    releasegate connection.
+    The password, from the user info or a ``?password=`` query value, is percent-decoded
+    (libpq decodes the URL, not the environment). The child's ``application_name``
+    names releasegate and the performer, as for every releasegate connection.
     """
-    parts = urlsplit(db.check_url(url))
-    netloc = parts.netloc
+    libpq_url, password = db.split_password(url)
     env = dict(os.environ)
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}@{hostport}"
-        if sep and parts.password is not None:
-            env["PGPASSWORD"] = parts.password
+    if password is not None:
+        env["PGPASSWORD"] = password
     env["PGAPPNAME"] = db.application_name(purpose)
     env.setdefault("PGCONNECT_TIMEOUT", "10")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), env
+    return libpq_url, env
 
 
 class ToolRun:
