@@ -1,7 +1,7 @@
 """Qdrant migration copy throughput: copy + transform of a collection, by batch size.
 
 Runs the real copy path of a Qdrant migration (``MigrationContext.create_new`` + ``copy``
-+ ``verify`` from :mod:`releasegate.migrations.qdrant.engine`) on an embedded Qdrant:
++ ``verify`` from :mod:`releasegate.migrations.qdrant.context`) on an embedded Qdrant:
 
 1. seeds ``bench__v1`` with ``--points`` points of ``--dim`` dimensions (cosine) and a
    small payload;
@@ -32,7 +32,7 @@ from types import ModuleType
 
 import numpy as np
 
-from releasegate.migrations.qdrant.engine import MigrationContext, QdrantMigration
+from releasegate.migrations.qdrant import MigrationContext, QdrantMigration
 from releasegate.stores.qdrant import CollectionSpec, PointData, QdrantStore, connect
 
 

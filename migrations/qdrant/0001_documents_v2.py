@@ -10,12 +10,20 @@ from releasegate.migrations.qdrant import MigrationContext, PointData
 collection = "documents"
 
 DIM = 128
+V1_DIM = 64
 
 
 def reembed(point: PointData) -> PointData:
     """v1 point -> v2 point: a 128-dimension vector of the title, payload gains lang."""
     title = str(point.payload["title"])
     return PointData(point.id, embed(title, DIM), {**point.payload, "lang": "en"})
+
+
+def down_transform(point: PointData) -> PointData:
+    """v2 point -> v1 point: carries writes made after the switch back on undo."""
+    title = str(point.payload["title"])
+    payload = {k: v for k, v in point.payload.items() if k != "lang"}
+    return PointData(point.id, embed(title, V1_DIM), payload)
 
 
 def up(ctx: MigrationContext) -> None:

@@ -316,7 +316,7 @@ def test_an_interrupted_copy_resumes_where_it_stopped(
     v1_before = snapshot(store, "documents__v1")
 
     if crash == "error":
-        with pytest.raises(MigrationFailed, match="kept and the next 'up' resumes the copy"):
+        with pytest.raises(MigrationFailed, match="kept and the next run resumes the copy"):
             up(settings, store=store)
     else:
         with pytest.raises(SystemExit):

@@ -36,12 +36,9 @@ The points file (``format_version`` 1) is gzip-compressed JSON lines:
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import json
-import math
-import random
 import re
 import time
 import uuid
@@ -55,17 +52,23 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import numpy as np
 
 from releasegate.backup.base import CHUNK, Difference, FileEntry, StoreBackup, sha256_file
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, InfraError, StateError
+from releasegate.migrations.qdrant import applied_version
 from releasegate.stores.qdrant import (
     CollectionSpec,
     PointData,
     QdrantStore,
     first_line,
     using,
+)
+from releasegate.stores.qdrant_points import (
+    Reservoir,
+    compare_points,
+    decode_point,
+    encode_point,
 )
 
 STORE = "qdrant"
@@ -75,72 +78,10 @@ FORMAT = "releasegate.qdrant.points"
 FORMAT_VERSION = 1
 SUBDIR = "qdrant"
 SCRATCH_MARK = "__rgverify_"
-# Vectors compare within float32 rounding (and Qdrant's cosine normalisation).
-REL_TOL = 1e-5
-ABS_TOL = 1e-6
 _GZIP_LEVEL = 4
 
 
 # -- the points file ---------------------------------------------------------------------
-
-
-def _f32(values: Sequence[float]) -> str:
-    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
-
-
-def _from_f32(text: str) -> list[float]:
-    raw = base64.b64decode(text.encode("ascii"), validate=True)
-    if len(raw) % 4:
-        raise ValueError("float32 data of a length not divisible by 4")
-    values: list[float] = np.frombuffer(raw, dtype="<f4").tolist()
-    return values
-
-
-def encode_point(point: PointData) -> dict[str, Any]:
-    """One point as a line of the points file (see the module docstring)."""
-    line: dict[str, Any] = {"id": point.id}
-    dense: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    sparse: dict[str, dict[str, Any]] = {}
-    vectors: dict[str, Any] = point.vector if isinstance(point.vector, dict) else {"": point.vector}
-    for name, value in vectors.items():
-        if isinstance(value, dict):
-            sparse[name] = {"indices": list(value["indices"]), "values": _f32(value["values"])}
-        elif value and isinstance(value[0], list):
-            multi[name] = [_f32(row) for row in value]
-        else:
-            dense[name] = _f32(value)
-    if dense:
-        line["dense"] = dense
-    if multi:
-        line["multi"] = multi
-    if sparse:
-        line["sparse"] = sparse
-    line["payload"] = point.payload
-    return line
-
-
-def decode_point(line: Mapping[str, Any]) -> PointData:
-    """The inverse of :func:`encode_point`; raises ValueError on a malformed line."""
-    dense = line.get("dense", {})
-    multi = line.get("multi", {})
-    sparse = line.get("sparse", {})
-    if not all(isinstance(g, dict) for g in (dense, multi, sparse)):
-        raise ValueError("vector groups must be objects")
-    vectors: dict[str, Any] = {name: _from_f32(v) for name, v in dense.items()}
-    vectors |= {name: [_from_f32(row) for row in rows] for name, rows in multi.items()}
-    for name, value in sparse.items():
-        indices = [int(i) for i in value["indices"]]
-        values = _from_f32(value["values"])
-        if len(indices) != len(values):
-            raise ValueError(
-                f"sparse vector {name!r}: {len(indices)} indices, {len(values)} values"
-            )
-        vectors[name] = {"indices": indices, "values": values}
-    vector: Any = vectors[""] if list(vectors) == [""] and "" in dense else vectors
-    if "id" not in line:
-        raise ValueError("a point line without an id")
-    return PointData.from_dict({"id": line["id"], "vector": vector, "payload": line.get("payload")})
 
 
 class PointsWriter:
@@ -320,10 +261,8 @@ def _batch_size(settings: Settings) -> int:
 
 
 def _versions(settings: Settings, store: QdrantStore) -> dict[str, Any]:
-    from releasegate.migrations.qdrant import engine
-
     try:
-        return {"qdrant_migrations": engine.applied_version(settings, store)}
+        return {"qdrant_migrations": applied_version(settings, store)}
     except (ConfigError, StateError):
         return {}
 
@@ -561,80 +500,6 @@ def restore(
 
 
 # -- verify --------------------------------------------------------------------------------
-
-
-class Reservoir:
-    """A uniform random sample of ``size`` points from a stream (memory: ``size`` points)."""
-
-    def __init__(self, size: int, rng: random.Random | None = None) -> None:
-        self.size = size
-        self.seen = 0
-        self.points: list[PointData] = []
-        self._rng = rng or random.Random()
-
-    def offer(self, batch: Iterable[PointData]) -> None:
-        for point in batch:
-            self.seen += 1
-            if len(self.points) < self.size:
-                self.points.append(point)
-            else:
-                slot = self._rng.randrange(self.seen)
-                if slot < self.size:
-                    self.points[slot] = point
-
-
-def _normalised(values: Sequence[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in values))
-    return [x / norm for x in values] if norm > 0 else list(values)
-
-
-def _vectors_differ(expected: Any, actual: Any, cosine: bool) -> bool:
-    if isinstance(expected, dict) or isinstance(actual, dict):
-        if not (isinstance(expected, dict) and isinstance(actual, dict)):
-            return True
-        if list(expected.get("indices", [])) != list(actual.get("indices", [])):
-            return True
-        return _vectors_differ(expected.get("values", []), actual.get("values", []), False)
-    if expected and isinstance(expected[0], list):
-        return len(expected) != len(actual) or any(
-            _vectors_differ(e, a, cosine) for e, a in zip(expected, actual, strict=False)
-        )
-    if len(expected) != len(actual):
-        return True
-    exp = _normalised(expected) if cosine else expected
-    return not all(
-        math.isclose(e, a, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-        for e, a in zip(exp, actual, strict=True)
-    )
-
-
-def compare_points(
-    expected: PointData, actual: PointData | None, spec: CollectionSpec
-) -> str | None:
-    """Why ``actual`` (read from Qdrant) is not ``expected``, or None when they match.
-
-    Vectors match within float32 rounding; a vector of a cosine collection is compared
-    with ``expected`` normalised, as Qdrant normalises on upsert. Payloads must be equal.
-    """
-    if actual is None:
-        return "missing"
-    exp = expected.vector if isinstance(expected.vector, dict) else {"": expected.vector}
-    act = actual.vector if isinstance(actual.vector, dict) else {"": actual.vector}
-    if set(exp) != set(act):
-        return f"vectors {sorted(act)} instead of {sorted(exp)}"
-    for name, value in exp.items():
-        params = spec.vectors.get(name)
-        cosine = params is not None and params.distance.value == "Cosine"
-        if _vectors_differ(value, act[name], cosine):
-            return f"vector {name or '(default)'} differs"
-    if expected.payload != actual.payload:
-        keys = sorted(
-            k
-            for k in {*expected.payload, *actual.payload}
-            if expected.payload.get(k) != actual.payload.get(k)
-        )
-        return f"payload differs in {', '.join(map(str, keys))}"
-    return None
 
 
 def compare_sample(

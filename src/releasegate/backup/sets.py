@@ -687,11 +687,11 @@ def _redis_version(settings: Settings) -> str | None:
 
 
 def _qdrant_version(settings: Settings) -> str | None:
-    from releasegate.migrations.qdrant import engine
+    from releasegate.migrations.qdrant import applied_version
     from releasegate.stores.qdrant import open_store
 
     with open_store(settings) as store:
-        return str(engine.applied_version(settings, store))
+        return str(applied_version(settings, store))
 
 
 @contextlib.contextmanager

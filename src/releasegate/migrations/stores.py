@@ -70,9 +70,9 @@ def status(settings: Settings, stores: list[str]) -> dict[str, Any]:
 
             result[store] = redis_engine.status(settings)
         else:
-            from releasegate.migrations.qdrant import engine as qdrant_engine
+            from releasegate.migrations import qdrant
 
-            result[store] = qdrant_engine.status(settings)
+            result[store] = qdrant.status(settings)
     return result
 
 
