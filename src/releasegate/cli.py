@@ -8,6 +8,7 @@ when it runs, so ``releasegate --help`` stays fast. Errors become exit codes in
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from releasegate import __version__
+from releasegate.errors import ExitCode
 
 if TYPE_CHECKING:
     from releasegate.config import Settings
@@ -124,8 +126,9 @@ class LazyGroup(click.Group):
 def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     """Boring service upgrades: safe migrations, verified restore points, gated deploys.
 
-    Exit codes: 0 success, 1 a check or gate failed, 2 usage or config error,
-    3 infrastructure unreachable or lock not obtained, 4 rollback failed.
+    Exit codes: 0 success, 1 a check or gate failed, 2 usage or config error (also:
+    no command, which prints this help), 3 infrastructure unreachable or lock not
+    obtained, 4 rollback failed, 130 interrupted (Ctrl-C, SIGTERM).
     """
     ctx.obj = CliState(config_path=config_path, debug=debug)
 
@@ -452,15 +455,36 @@ def _debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or flag in ("1", "true", "yes", "on")
 
 
+def _interrupt_on_sigterm(signum: int, _frame: object) -> None:
+    # KeyboardInterrupt, not an exception of our own: psycopg cancels the running query
+    # on it, and every handler that cleans up after Ctrl-C cleans up after SIGTERM too.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interruption(exc: KeyboardInterrupt) -> str:
+    how = str(exc) or "Ctrl-C"
+    return f"interrupted by {how}: see 'releasegate history' for what was recorded"
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run the CLI and exit with the status that :mod:`releasegate.errors` assigns."""
+    """Run the CLI and exit with the status that :mod:`releasegate.errors` assigns.
+
+    SIGTERM (a cancelled CI job) is handled like Ctrl-C: the operation stops where it
+    is, closes its ledger row, prints one ``error:`` line and exits 130.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         result = cli.main(args=args, prog_name="releasegate", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group without a command: the help itself is the answer, on stdout, not an
+        # error line; exit 2 all the same, so that a script with an empty command fails.
+        _echo(exc.ctx.get_help())
+        code = int(ExitCode.USAGE)
     except click.UsageError as exc:
         # One line like every other error; the usage text is one --help away.
         where = exc.ctx.command_path if exc.ctx else "releasegate"
@@ -470,11 +494,16 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _echo(f"error: {exc.format_message()}", err=True)
         code = exc.exit_code
     except click.exceptions.Abort:
-        _echo("aborted", err=True)
-        code = 130
-    except KeyboardInterrupt:
-        _echo("interrupted", err=True)
-        code = 130
+        _echo("error: aborted", err=True)
+        code = int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        _echo(f"error: {_interruption(exc)}", err=True)
+        code = int(ExitCode.INTERRUPTED)
+    except SystemExit as exc:
+        # Only code releasegate runs (env.py, a migration, a hook) calls sys.exit here:
+        # click's own exits are click.exceptions.Exit.
+        _echo(f"error: stopped by sys.exit({exc.code!r}) in code that releasegate ran", err=True)
+        code = int(ExitCode.CHECK_FAILED)
     except Exception as exc:
         from releasegate.errors import ReleasegateError, exit_code_for
 
@@ -491,4 +520,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                 err=True,
             )
         code = int(exit_code_for(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

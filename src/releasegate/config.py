@@ -394,6 +394,16 @@ class Settings:
         return {"config": str(self.path), **data}
 
 
+def refuse_bom(text: str, name: str) -> str:
+    """``text`` unless it starts with a UTF-8 byte-order mark, which TOML parsers reject
+    as "Invalid statement (at line 1, column 1)": then a ConfigError that says so."""
+    if text.startswith("\ufeff"):
+        raise ConfigError(
+            f"{name} starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM"
+        )
+    return text
+
+
 def find_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
     """The config file: the argument, else ``RELEASEGATE_CONFIG``, else ./releasegate.toml."""
     chosen = Path(path or env.get("RELEASEGATE_CONFIG") or DEFAULT_CONFIG_NAME)
@@ -457,7 +467,7 @@ def load_config(
     env = dict(os.environ if env is None else env)
     config_path = find_config(path, env)
     try:
-        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        data = tomllib.loads(refuse_bom(config_path.read_text(encoding="utf-8"), config_path.name))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{config_path.name}: invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # usage or config error
     INFRA = 3  # infrastructure unreachable or lock not obtained
     ROLLBACK_FAILED = 4  # rollback failed, a human is needed
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
 class ReleasegateError(Exception):
@@ -61,6 +62,12 @@ class LockNotObtained(InfraError):
     """Another runner holds the release lock."""
 
 
+class Interrupted(ReleasegateError):
+    """A signal (Ctrl-C, SIGTERM) stopped the operation; what had committed is recorded."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class RollbackFailed(ReleasegateError):
     """An automatic rollback did not complete; a human is needed."""
 
@@ -71,4 +78,6 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     """Map any exception to the exit status the CLI returns for it."""
     if isinstance(exc, ReleasegateError):
         return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
     return ExitCode.CHECK_FAILED

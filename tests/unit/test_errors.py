@@ -1,4 +1,4 @@
-"""Every error class maps to its documented exit status (0-4)."""
+"""Every error class maps to its documented exit status (0-4, 130 when interrupted)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from releasegate.errors import (
     ConfigError,
     ExitCode,
     InfraError,
+    Interrupted,
     LockNotObtained,
     MigrationFailed,
     MigrationScriptError,
@@ -20,11 +21,12 @@ from releasegate.errors import (
 
 
 def test_exit_code_values() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130]
     assert ExitCode.CHECK_FAILED == 1
     assert ExitCode.USAGE == 2
     assert ExitCode.INFRA == 3
     assert ExitCode.ROLLBACK_FAILED == 4
+    assert ExitCode.INTERRUPTED == 130
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,7 @@ def test_exit_code_values() -> None:
         (InfraError("unreachable"), 3),
         (LockNotObtained("held"), 3),
         (RollbackFailed("rollback failed"), 4),
+        (Interrupted("interrupted by SIGTERM"), 130),
     ],
 )
 def test_exit_code_for_each_error_class(error: ReleasegateError, code: int) -> None:
@@ -49,6 +52,10 @@ def test_exit_code_for_each_error_class(error: ReleasegateError, code: int) -> N
 @pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("x"), KeyError("k")])
 def test_exit_code_for_plain_exception(error: Exception) -> None:
     assert exit_code_for(error) is ExitCode.CHECK_FAILED
+
+
+def test_an_interrupt_maps_to_130() -> None:
+    assert exit_code_for(KeyboardInterrupt("SIGTERM")) is ExitCode.INTERRUPTED
 
 
 def test_subclass_relationships_callers_rely_on() -> None:

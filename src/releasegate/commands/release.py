@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
@@ -29,16 +28,11 @@ def _publish(state: CliState, result: Any, as_json: bool) -> int:
     else:
         echo(render_text(data))
         echo(f"reports: {paths.json} {paths.markdown}")
-    return int(data["exit_code"])
-
-
-def _interrupt_on_sigterm() -> None:
-    """A cancelled CI job gets SIGTERM: treat it like Ctrl-C, so the release rolls back."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
+    code = int(data["exit_code"])
+    if code != 0:
+        # The report is on stdout; the verdict is the one error line, as for any failure.
+        echo(f"error: {data.get('outcome')}: {data.get('error') or 'see the report'}", err=True)
+    return code
 
 
 @click.command("release")
@@ -80,7 +74,12 @@ def release(
     settings = state.settings()
     if resume_ == bool(image):
         raise click.UsageError("give either --image REF or --resume")
-    _interrupt_on_sigterm()
+    if image is not None:
+        # A missing image is bad input: refused (exit 2) before the lock and the ledger.
+        from releasegate.deploy import containers
+        from releasegate.deploy.engine import connect as docker_connect
+
+        containers.resolve_image(docker_connect(), image, pull=not dry_run)
     with StepDisplay(stream=sys.stderr) as display:
         if resume_:
             result = run.resume(settings, listener=display, force=force)

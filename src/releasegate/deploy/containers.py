@@ -236,16 +236,23 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def resolve_image(client: docker.DockerClient, ref: str) -> Image:
-    """The local image ``ref``, pulled first when it is not local; ConfigError if neither."""
+def resolve_image(client: docker.DockerClient, ref: str, *, pull: bool = True) -> Image:
+    """The local image ``ref``, pulled first when it is not local; ConfigError if neither.
+
+    With ``pull=False`` (a dry run, which changes nothing and downloads nothing) only
+    local images count.
+    """
     try:
         return client.images.get(ref)
     except ImageNotFound:
         pass
     except DockerException as exc:
         raise InfraError(f"cannot inspect image {ref}: {docker_message(exc)}") from None
-    if ref.startswith("sha256:"):
-        raise ConfigError(f"image {ref} does not exist on this Docker host")
+    if ref.startswith("sha256:") or not pull:
+        raise ConfigError(
+            f"image {ref} does not exist on this Docker host"
+            + ("" if pull else " (a dry run pulls nothing: pull or build it first)")
+        )
     try:
         return client.images.pull(ref)
     except (DockerException, RequestException) as exc:

@@ -53,7 +53,7 @@ from pydantic import (
     model_validator,
 )
 
-from releasegate.config import Duration, EnvVarName
+from releasegate.config import Duration, EnvVarName, refuse_bom
 from releasegate.errors import ConfigError
 from releasegate.gates.locust_runner import check_target
 from releasegate.output import table
@@ -208,7 +208,7 @@ def load_smoke_file(path: Path) -> SmokeFile:
     data: Any
     if suffix == ".toml":
         try:
-            data = tomllib.loads(text)
+            data = tomllib.loads(refuse_bom(text, path.name))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path.name}: invalid TOML: {exc}") from None
     elif suffix in (".yaml", ".yml"):

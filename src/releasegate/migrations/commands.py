@@ -175,7 +175,8 @@ def _is_lock_timeout(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.LockNotAvailable)
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """``Type: first line`` of an error, the driver's own error for a SQLAlchemy wrapper."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     return f"{type(exc).__name__}: {db.first_line(exc)}"
@@ -245,7 +246,7 @@ class _Migrator:
                         step,
                         StepStatus.INFO,
                         None,
-                        {"retry": attempt, "after_s": delay, "error": _error_text(exc)},
+                        {"retry": attempt, "after_s": delay, "error": error_text(exc)},
                     )
                     time.sleep(delay)
                     continue
@@ -267,7 +268,7 @@ class _Migrator:
             self.on_step(outcome)
 
     def _fail(self, rev: Revision, step: str, exc: Exception, attempts: int, took: float) -> None:
-        error = _error_text(exc)
+        error = error_text(exc)
         if _is_lock_timeout(exc):
             lock_timeout = format_duration(self.settings.raw.migrations.lock_timeout)
             error = f"lock_timeout ({lock_timeout}) hit {attempts} times: {error}"

@@ -32,7 +32,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from releasegate import db
-from releasegate.config import Settings
+from releasegate.config import Settings, refuse_bom
 from releasegate.errors import ConfigError, InfraError, MigrationScriptError
 from releasegate.ledger.schema import LEDGER_SCHEMA
 
@@ -71,7 +71,7 @@ def _irreversible_reason(path: Path) -> str | None:
     without running anything.
     """
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")  # Python accepts a BOM; so do we
         with _AST_PARSE_LOCK:
             tree = ast.parse(source)
     except (OSError, SyntaxError):
@@ -124,6 +124,8 @@ class AlembicProject:
         ini_path = settings.resolve_path(ini) if ini else self.directory / "alembic.ini"
         if ini and not ini_path.is_file():
             raise MigrationScriptError(f"alembic.ini not found: {ini_path}")
+        if ini_path.is_file():
+            refuse_bom(ini_path.read_text(encoding="utf-8", errors="replace"), ini_path.name)
         self.config = AlembicConfig(str(ini_path) if ini_path.is_file() else None)
         self.config.set_main_option("script_location", str(self.directory))
         # env.py reads this only when no connection is shared (offline rendering).

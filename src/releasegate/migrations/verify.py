@@ -10,11 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.errors import StateError
-from releasegate.migrations.commands import format_revisions, unknown_revision_problem
-from releasegate.migrations.project import AlembicProject, current_revisions, sqlalchemy_connection
+from releasegate.errors import MigrationFailed, StateError
+from releasegate.migrations.commands import error_text, format_revisions, unknown_revision_problem
+from releasegate.migrations.project import (
+    AlembicProject,
+    Revision,
+    current_revisions,
+    sqlalchemy_connection,
+)
 from releasegate.migrations.schema import SchemaDifference, diff, snapshot
 
 
@@ -38,6 +45,18 @@ class VerifyReport:
                 for d in self.differences
             ],
         }
+
+
+def _rebuild_one(project: AlembicProject, conn: Connection, rev: Revision, scratch: str) -> None:
+    """Apply ``rev`` to the scratch database; a failure names the revision and the database."""
+    try:
+        project.upgrade_one(conn, rev)
+    except Exception as exc:
+        conn.rollback()
+        raise MigrationFailed(
+            f"migrate verify cannot rebuild the schema: revision {rev.id} failed in scratch"
+            f" database {scratch}: {error_text(exc)}; the live database was not changed"
+        ) from None
 
 
 def verify(settings: Settings) -> VerifyReport:
@@ -67,7 +86,7 @@ def verify(settings: Settings) -> VerifyReport:
         ) as conn:
             for head in current or ():
                 for rev in project.upgrade_path(current_revisions(conn) or (), head) or []:
-                    project.upgrade_one(conn, rev)
+                    _rebuild_one(project, conn, rev, db.database_name(scratch_url))
         with db.connect(scratch_url, "migrate verify", connect_timeout=timeout) as scratch:
             expected = snapshot(scratch)
     return VerifyReport(db.describe_target(url), current, diff(expected, live_snapshot))
