@@ -3,14 +3,14 @@
 v1: ``sess:{uuid}`` holds ``{"userId", "createdAt", "lastSeen", "userAgent"}``.
 v2: ``session:{uuid}`` holds ``{"user_id", "created_at", "last_seen", "user_agent",
 "theme"}``; ``theme`` is new and defaults to ``"light"``. Each key keeps its TTL.
-``down`` moves the keys back and drops ``theme``, giving back the v1 values exactly.
+``down`` gives back the v1 values exactly (``theme`` dropped). Declared as a key move, it
+runs standalone as an atomic rename + transform per key, and in a release in expand form
+(v2 keys written beside the v1 keys the old version keeps using).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from releasegate.migrations.redis import field_map
+from releasegate.migrations.redis import KeyMove, field_map
 
 V1_TO_V2 = {
     "userId": "user_id",
@@ -22,10 +22,4 @@ V1_TO_V2 = {
 to_v2 = field_map(V1_TO_V2, defaults={"theme": "light"})
 to_v1 = field_map({new: old for old, new in V1_TO_V2.items()}, drop=("theme",))
 
-
-def up(ctx: Any) -> None:
-    ctx.rename_and_transform("sess:*", "sess:", "session:", to_v2)
-
-
-def down(ctx: Any) -> None:
-    ctx.rename_and_transform("session:*", "session:", "sess:", to_v1)
+MOVES = [KeyMove("sess:*", "sess:", "session:", up=to_v2, down=to_v1)]

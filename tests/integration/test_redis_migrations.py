@@ -277,8 +277,20 @@ def test_bad_migration_files_are_config_errors(rproject: Project) -> None:
         rmig.status(settings_of(rproject))
     (folder / "0002-bad name.py").unlink()
     (folder / "0002_no_down.py").write_text('"""No down."""\n\ndef up(ctx):\n    pass\n')
-    with pytest.raises(MigrationScriptError, match="defines no down"):
+    with pytest.raises(MigrationScriptError, match="defines neither MOVES nor down"):
         rmig.status(settings_of(rproject))
+    (folder / "0002_no_down.py").unlink()
+    bad_moves = {
+        "MOVES = []": "MOVES must be a non-empty list of KeyMove",
+        "MOVES = [KeyMove('sess:*', 'sess:', 'sess:x:', up=dict)]": "would match",
+        "MOVES = [KeyMove('cache:*', 'sess:', 'session:', up=dict)]": "must start with",
+        "MOVES = [KeyMove('a:*', 'a:', 'b:', up=dict)]\ndef up(ctx):\n    pass": "keep one",
+    }
+    for body, message in bad_moves.items():
+        text = f'"""Bad moves."""\nfrom releasegate.migrations.redis import KeyMove\n{body}\n'
+        (folder / "0002_bad_moves.py").write_text(text)
+        with pytest.raises(MigrationScriptError, match=message):
+            rmig.status(settings_of(rproject))
 
 
 def test_release_lock_held_elsewhere(rproject: Project, client: redis.Redis) -> None:

@@ -6,10 +6,16 @@ Public API (the CLI's ``migrate ... --store redis`` calls these):
 - :func:`up` ``(settings, to=None, *, on_step=None, on_progress=None) -> RedisMigrateResult``;
 - :func:`down` ``(settings, to, *, on_step=None, on_progress=None) -> RedisMigrateResult``.
 
-Migration modules (``migrations/redis/NNNN_name.py``) define ``up(ctx)`` and ``down(ctx)``;
-``ctx`` is a :class:`MigrationContext` with the client and the helpers ``rename_keys``,
+Migration modules (``migrations/redis/NNNN_name.py``) either declare ``MOVES``, a list of
+:class:`KeyMove` (pattern, old prefix, new prefix, up and down JSON transforms; see
+:mod:`.moves`), or define ``up(ctx)`` and ``down(ctx)``, where ``ctx`` is a
+:class:`MigrationContext` with the client and the helpers ``rename_keys``,
 ``transform_json``, ``rename_and_transform`` and ``set_ttl``; :func:`field_map` builds the
 usual JSON field-renaming transform. See :mod:`.engine` and :mod:`.helpers`.
+
+Only ``MOVES`` migrations run in a release's expand/contract form, beside the old version:
+:mod:`.phases` (``expand``, ``catch_up``, ``contract``, ``undo``, ``expand_problems``,
+``expanded_state``).
 """
 
 from releasegate.migrations.redis.engine import (
@@ -32,9 +38,11 @@ from releasegate.migrations.redis.helpers import (
     field_map,
     snake_to_camel,
 )
+from releasegate.migrations.redis.moves import KeyMove
 
 __all__ = [
     "Direction",
+    "KeyMove",
     "MigrationContext",
     "Progress",
     "RedisMigrateResult",

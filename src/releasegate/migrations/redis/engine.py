@@ -50,6 +50,7 @@ from releasegate.migrations.redis.helpers import (
     checkpoint_key,
     progress_of,
 )
+from releasegate.migrations.redis.moves import KeyMove, moves_of, read_expansion
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores import redis as stores
 
@@ -69,6 +70,7 @@ class RedisState(StrEnum):
     UP_TO_DATE = "up_to_date"
     PENDING = "pending"
     UNKNOWN_VERSION = "unknown_version"
+    CONTRACT_PENDING = "contract_pending"  # expanded by a release: the old layout is kept
 
 
 # -- the migrations folder ------------------------------------------------------------------
@@ -83,20 +85,22 @@ class RedisMigration:
     path: Path
     doc: str  # first line of the docstring
     module: ModuleType = field(repr=False, compare=False)
+    moves: list[KeyMove] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "name": self.name, "doc": self.doc}
 
 
 def migrations_dir(settings: Settings) -> Path:
-    return settings.resolve_path(_section(settings).migrations)
+    return settings.resolve_path(section_of(settings).migrations)
 
 
 def load_migrations(folder: Path, python_path: list[Path] | None = None) -> list[RedisMigration]:
     """The migrations of ``folder`` in version order; :class:`MigrationScriptError` on a bad one.
 
     Files that do not start with a digit are ignored (helpers, ``__init__.py``); a file that
-    does must be named ``NNNN_name.py``, load, have a docstring and define ``up`` and ``down``.
+    does must be named ``NNNN_name.py``, load, have a docstring and declare ``MOVES`` (see
+    :mod:`.moves`) or define ``up`` and ``down``.
     """
     if not folder.is_dir():
         raise MigrationScriptError(
@@ -124,10 +128,13 @@ def load_migrations(folder: Path, python_path: list[Path] | None = None) -> list
         doc = (module.__doc__ or "").strip()
         if not doc:
             raise MigrationScriptError(f"redis migration {path.name} has no docstring")
-        for fn in ("up", "down"):
+        moves = moves_of(module, path.name)
+        for fn in ("up", "down") if moves is None else ():
             if not callable(getattr(module, fn, None)):
-                raise MigrationScriptError(f"redis migration {path.name} defines no {fn}(ctx)")
-        found[version] = RedisMigration(version, name, path, doc.splitlines()[0], module)
+                raise MigrationScriptError(
+                    f"redis migration {path.name} defines neither MOVES nor {fn}(ctx)"
+                )
+        found[version] = RedisMigration(version, name, path, doc.splitlines()[0], module, moves)
     if "0000" in found:
         raise MigrationScriptError("redis migration version 0000 is reserved for the base")
     return [found[v] for v in sorted(found)]
@@ -178,6 +185,7 @@ class RedisStatus:
     state: RedisState
     problems: list[str]
     interrupted: dict[str, Any]  # "<version>:<direction>" -> checkpoint progress
+    expansion: dict[str, Any] | None = None  # the open expansion (see .phases), if any
 
     @property
     def ok(self) -> bool:
@@ -192,17 +200,18 @@ class RedisStatus:
             "pending": [m.to_dict() for m in self.pending],
             "problems": self.problems,
             "interrupted": self.interrupted,
+            "expansion": self.expansion,
         }
 
 
-def _section(settings: Settings) -> RedisSection:
+def section_of(settings: Settings) -> RedisSection:
     if settings.raw.redis is None:
         raise ConfigError(f"{settings.path.name} has no [redis] section")
     return settings.raw.redis
 
 
-def _connect(settings: Settings, purpose: str) -> redis.Redis:
-    section = _section(settings)
+def connect(settings: Settings, purpose: str) -> redis.Redis:
+    section = section_of(settings)
     return stores.connect(
         settings.redis_url(),
         purpose=purpose,
@@ -230,7 +239,7 @@ def _interrupted(client: redis.Redis, version_key: str) -> dict[str, Any]:
     return found
 
 
-def _unknown_problem(current: str) -> str:
+def unknown_problem(current: str) -> str:
     return (
         f"Redis is at data version {current}, which these migrations do not know: it is"
         " ahead of the code. Deploy the code that has it, or migrate down with that code first"
@@ -239,12 +248,13 @@ def _unknown_problem(current: str) -> str:
 
 def status(settings: Settings) -> RedisStatus:
     """Current version, head, pending migrations, interrupted runs and any problems."""
-    section = _section(settings)
-    migrations = _load(settings)
-    client = _connect(settings, "migrate status")
+    section = section_of(settings)
+    migrations = load_all(settings)
+    client = connect(settings, "migrate status")
     try:
         current = read_version(client, section.version_key)
         interrupted = _interrupted(client, section.version_key)
+        expansion = read_expansion(client, section.version_key)
     except redis.RedisError as exc:
         raise stores.infra_error(client, exc, "reading the data version") from None
     finally:
@@ -254,7 +264,7 @@ def status(settings: Settings) -> RedisStatus:
     known = {m.version for m in migrations}
     problems: list[str] = []
     if current is not None and current not in known:
-        problems.append(_unknown_problem(current))
+        problems.append(unknown_problem(current))
         return RedisStatus(
             target, current, head, [], RedisState.UNKNOWN_VERSION, problems, interrupted
         )
@@ -263,7 +273,17 @@ def status(settings: Settings) -> RedisStatus:
         state = RedisState.NEVER_MIGRATED
     else:
         state = RedisState.PENDING if pending else RedisState.UP_TO_DATE
-    return RedisStatus(target, current, head, pending, state, problems, interrupted)
+    opened: dict[str, Any] | None = None
+    if expansion is not None:
+        opened = expansion.to_dict()
+        opened["note"] = (
+            f"{expansion.after} {expansion.state} from {format_version(expansion.before)}:"
+            " the old layout is kept beside the new one; contract pending (release"
+            " finalize) or undo"
+        )
+        if not pending:
+            state = RedisState.CONTRACT_PENDING
+    return RedisStatus(target, current, head, pending, state, problems, interrupted, opened)
 
 
 # -- up and down --------------------------------------------------------------------------
@@ -362,7 +382,7 @@ def _ensure_lock(held: HeldLock, ledger: Ledger, result: RedisMigrateResult) -> 
 Chooser = Callable[[list[RedisMigration], str | None], list[tuple[RedisMigration, str | None]]]
 
 
-def _load(settings: Settings) -> list[RedisMigration]:
+def load_all(settings: Settings) -> list[RedisMigration]:
     return load_migrations(migrations_dir(settings), [settings.root, *settings.python_path])
 
 
@@ -374,11 +394,11 @@ def _migrate(
     on_step: StepCallback | None,
     on_progress: ProgressCallback | None,
 ) -> RedisMigrateResult:
-    section = _section(settings)
+    section = section_of(settings)
     pg_url = settings.postgres_url()
     db.check_url(pg_url, f"${settings.raw.postgres.url_env}")
     purpose = f"redis migrate {direction}"
-    client = _connect(settings, f"migrate {direction}")
+    client = connect(settings, f"migrate {direction}")
     try:
         with (
             service_lock(settings, purpose) as held,
@@ -390,8 +410,15 @@ def _migrate(
             except redis.RedisError as exc:
                 raise stores.infra_error(client, exc, "reading the data version") from None
             if current is not None and current not in {m.version for m in migrations}:
-                raise StateError(_unknown_problem(current))
+                raise StateError(unknown_problem(current))
             path = choose(migrations, current)
+            expansion = read_expansion(client, section.version_key)
+            if expansion is not None and path:
+                raise StateError(
+                    f"redis data version {expansion.after} is expanded ({expansion.state}):"
+                    " the old layout is kept for a release in progress; finish it (finalize"
+                    " contracts) or undo it before migrating this store by hand"
+                )
             release_id = ledger.start_release(
                 settings.service,
                 "migrate",
@@ -466,7 +493,7 @@ class _Run:
                 protected_prefix=self.section.version_key.encode(),
                 on_progress=self.on_progress,
             )
-            getattr(migration.module, str(direction))(ctx)
+            run_migration(migration, direction, ctx)
             _set_version(self.client, self.section.version_key, version_after, ckpt_key)
         except BaseException as exc:
             self._fail(migration, step_name, exc, time.monotonic() - started, ctx)
@@ -552,6 +579,25 @@ def _record(
         on_step(outcome)
 
 
+def run_migration(migration: RedisMigration, direction: Direction, ctx: MigrationContext) -> None:
+    """Run one migration standalone: its code, or each move as an atomic rename + transform
+    (newest move first on the way down)."""
+    if migration.moves is None:
+        getattr(migration.module, str(direction))(ctx)
+        return
+    if direction is Direction.UP:
+        for move in migration.moves:
+            ctx.rename_and_transform(move.pattern, move.old_prefix, move.new_prefix, move.up)
+        return
+    for move in reversed(migration.moves):
+        if move.down is None:
+            raise MigrationFailed(
+                f"redis migration {migration.version}: the move {move.describe()} has no down"
+                " transform"
+            )
+        ctx.rename_and_transform(move.new_pattern, move.new_prefix, move.old_prefix, move.down)
+
+
 def _find(migrations: list[RedisMigration], version: str) -> str:
     wanted = version.zfill(4) if version.isdigit() else version
     if wanted in (BASE, "0000"):
@@ -578,7 +624,7 @@ def up(
     :class:`MigrationFailed`; Redis stays at the last version completed and the next run
     resumes the failed one from its checkpoint.
     """
-    migrations = _load(settings)
+    migrations = load_all(settings)
     target = _find(migrations, to) if to is not None else None
 
     def choose(
@@ -613,7 +659,7 @@ def down(
     version's ``down(ctx)`` runs and the version key steps back to the one below it
     (deleted at base).
     """
-    migrations = _load(settings)
+    migrations = load_all(settings)
     target = _find(migrations, to)
 
     def choose(
