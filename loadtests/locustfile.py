@@ -7,6 +7,12 @@ endpoint ("GET /documents", "GET /documents/{id}", ...) so thresholds can target
     [slo.thresholds]
     "GET /documents" = ["p95 < 200ms"]
 
+Tasks that write are tagged ``write``: ``[slo] exclude_tags = ["write"]`` leaves them out
+where the gate must not write (rules on their request names, such as "POST /sessions",
+then see no request and are inconclusive: drop them there). Every request carries
+releasegate's synthetic marker (``X-Releasegate-Synthetic``), so what the writes create
+can be cleaned up afterwards; releasegate's Locust plugin adds it, not this file.
+
 ``NOTES_LOAD_MAX_ID`` bounds the user and document ids picked at random (default 1000;
 the demo seeds 5000 users with one document each).
 """
@@ -16,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 
-from locust import FastHttpUser, constant_throughput, task
+from locust import FastHttpUser, constant_throughput, tag, task
 
 MAX_ID = int(os.environ.get("NOTES_LOAD_MAX_ID", "1000"))
 REQUESTS_PER_USER_S = float(os.environ.get("NOTES_LOAD_RPS_PER_USER", "2"))
@@ -36,6 +42,7 @@ class NotesUser(FastHttpUser):
     def get_document(self) -> None:
         self.client.get(f"/documents/{random.randint(1, MAX_ID)}", name="GET /documents/{id}")
 
+    @tag("write")
     @task(1)
     def session_round_trip(self) -> None:
         body = {"user_id": random.randint(1, MAX_ID), "user_agent": "releasegate-load"}

@@ -252,6 +252,15 @@ class SloCompareSection(Section):
     error_rate_margin: Ratio = 0.005
 
 
+def _locust_tag(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$", value):
+        raise ValueError(f"{value!r} is not a Locust tag (letters, digits, _ . : -)")
+    return value
+
+
+LocustTag = Annotated[str, BeforeValidator(_locust_tag)]
+
+
 class SloSection(Section):
     """The Locust SLO gate; thresholds are k6-style rules per scope ("total" or a name)."""
 
@@ -273,6 +282,17 @@ class SloSection(Section):
     master_bind_host: str = "127.0.0.1"
     master_bind_port: int = Field(default=5557, ge=1, le=65535)
     compare: SloCompareSection = Field(default_factory=SloCompareSection)
+    # Locust --tags / --exclude-tags: only tasks with one of `tags` and none of
+    # `exclude_tags` run (e.g. exclude_tags = ["write"] where writes must not happen).
+    tags: list[LocustTag] | None = None
+    exclude_tags: list[LocustTag] | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _some_tags(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list runs no task; remove the key to run every task")
+        return value
 
     @field_validator("thresholds")
     @classmethod
@@ -297,6 +317,33 @@ class ReleaseSection(Section):
     report_dir: Path = Path(".releasegate/reports")
 
 
+def _hook_command(value: object) -> list[str]:
+    # One string is split like a shell would (shlex) but never run by a shell.
+    import shlex
+
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(part, str) for part in value):
+        raise ValueError("expected a command: a list of argument strings, or one string")
+    if not value or not value[0]:
+        raise ValueError("the command is empty")
+    return value
+
+
+HookCommand = Annotated[list[str], BeforeValidator(_hook_command)]
+
+
+class HooksSection(Section):
+    """Commands run on this machine after a gate (see :mod:`releasegate.hooks`)."""
+
+    after_gate: HookCommand | None = None
+    after_watch: HookCommand | None = None
+    timeout: Duration = Field(default=120.0, gt=0)
+
+
 class RawConfig(Section):
     """The file as written, after overrides; see README's config reference."""
 
@@ -314,6 +361,7 @@ class RawConfig(Section):
     smoke: SmokeSection = Field(default_factory=SmokeSection)
     slo: SloSection = Field(default_factory=SloSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
+    hooks: HooksSection = Field(default_factory=HooksSection)
 
 
 @dataclass(frozen=True)

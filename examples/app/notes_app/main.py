@@ -7,7 +7,23 @@ with uvicorn. One code base, three variants (``NOTES_VARIANT``):
   as camelCase JSON;
 - ``v2`` uses ``users.display_name`` and ``session:{id}`` snake_case JSON;
 - ``v3-bad`` is v2 with a regression only load reveals: +250 ms on ``GET /documents``
-  and about 5 % HTTP 500s on the API endpoints, while ``/healthz`` and ``/readyz`` pass.
+  and about 5 % HTTP 500s on the API endpoints, while ``/healthz`` and ``/readyz`` pass;
+- ``v2-watch-bad`` is v2 with a defect only traffic after the promotion reveals. It takes
+  the ``Host`` of the first API request it serves as its own address, and answers HTTP
+  500 to a share (``NOTES_WATCH_BAD_ERROR_RATE``, default every other one) of the API
+  requests that arrive under another ``Host`` (through the router) or without the
+  synthetic marker (real users). A release talks to a new color directly first, with
+  marked requests (smoke checks, SLO gate), and only then through the router (the
+  watch), so the gate passes and the watch fails, every time. ``NOTES_FAIL_AFTER=N``
+  makes it fail the same way after its first N API requests too (default 0: never).
+  The failing requests are chosen by count, not at random (see :class:`WatchRegression`).
+
+**Synthetic traffic.** A request with an ``X-Releasegate-Synthetic: <marker>`` header (what
+releasegate's smoke checks, SLO gate and watch send) marks what it writes: the
+``audit_log`` row of a new document gets ``"synthetic": "<marker>"`` in its detail and a
+new session gets a ``synthetic`` field (which migrations/redis/0001 keeps both ways).
+``python -m notes_app.cleanup_synthetic`` deletes exactly that data. A marker that is not
+1-64 characters among letters, digits and ``. _ : -`` is refused with HTTP 400.
 
 Endpoints: ``/healthz`` (liveness, touches nothing), ``/readyz`` (stores reachable and the
 database at a revision the variant supports), ``/version``, ``/documents``,
@@ -28,17 +44,58 @@ from typing import Any, Literal
 import httpx
 import psycopg
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from notes_app import synthetic
 from notes_app.settings import Settings, VariantSpec
 
 CHECK_TIMEOUT_S = 2.0
 API_PREFIXES = ("/documents", "/sessions", "/search")
+
+
+def synthetic_marker(request: Request) -> str | None:
+    """The request's synthetic marker; None for real traffic, HTTP 400 when malformed."""
+    marker = request.headers.get(synthetic.HEADER)
+    if marker is None:
+        return None
+    if not synthetic.MARKER_RE.match(marker):
+        raise HTTPException(400, f"malformed {synthetic.HEADER} header")
+    return marker
+
+
+class WatchRegression:
+    """The defect of ``v2-watch-bad``: which API requests fail.
+
+    The first API request's ``Host`` is pinned. A request fails when it is *triggered*
+    (another ``Host``, no synthetic marker, or more than ``fail_after`` API requests
+    served when that is set) and the running count of triggered requests times
+    ``error_rate`` crosses an integer: at 0.5 every other triggered request fails, at 1
+    all of them.
+    """
+
+    def __init__(self, error_rate: float, fail_after: int = 0) -> None:
+        self.error_rate = error_rate
+        self.fail_after = fail_after
+        self.pinned_host: str | None = None
+        self.served = 0
+        self.triggered = 0
+
+    def fails(self, host: str, marked: bool) -> bool:
+        """Count one API request under ``host``; True when it must answer 500."""
+        self.served += 1
+        if self.pinned_host is None:
+            self.pinned_host = host
+        over = self.fail_after > 0 and self.served > self.fail_after
+        if host == self.pinned_host and marked and not over:
+            return False
+        self.triggered += 1
+        before = int((self.triggered - 1) * self.error_rate)
+        return int(self.triggered * self.error_rate) > before
 
 
 class ConnectionPool:
@@ -140,9 +197,16 @@ def session_key(variant: VariantSpec, session_id: str) -> str:
 
 
 def encode_session(variant: VariantSpec, fields: dict[str, Any]) -> str:
-    """The stored JSON of a session: snake_case fields (v2) or camelCase (v1)."""
+    """The stored JSON of a session: snake_case fields (v2) or camelCase (v1).
+
+    The synthetic marker keeps its name in both layouts.
+    """
     if variant.session_style == "camel":
-        fields = {_CAMEL[name]: value for name, value in fields.items() if name in _CAMEL}
+        fields = {
+            _CAMEL.get(name, name): value
+            for name, value in fields.items()
+            if name in _CAMEL or name == synthetic.FIELD
+        }
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -230,6 +294,19 @@ def create_app(settings: Settings) -> FastAPI:
             if request.method == "GET" and path.startswith("/documents"):
                 await asyncio.sleep(settings.bad_latency_s)
             if rng.random() < settings.bad_error_rate:
+                return JSONResponse({"detail": "internal error"}, status_code=500)
+            return await call_next(request)
+
+    if variant.watch_regression:
+        defect = WatchRegression(settings.watch_bad_error_rate, settings.fail_after)
+
+        @app.middleware("http")
+        async def watch_regression(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            if request.url.path.startswith(API_PREFIXES) and defect.fails(
+                request.headers.get("host", ""), synthetic.HEADER in request.headers
+            ):
                 return JSONResponse({"detail": "internal error"}, status_code=500)
             return await call_next(request)
 
@@ -351,8 +428,13 @@ def create_app(settings: Settings) -> FastAPI:
         return result
 
     @app.post("/documents", status_code=201, response_model=None)
-    async def create_document(request: Request, doc: DocumentIn) -> dict[str, Any] | JSONResponse:
+    async def create_document(
+        request: Request, doc: DocumentIn, marker: str | None = Depends(synthetic_marker)
+    ) -> dict[str, Any] | JSONResponse:
         stores = _stores(request)
+        detail: dict[str, Any] = {"owner_id": doc.owner_id}
+        if marker is not None:
+            detail[synthetic.FIELD] = marker
         try:
             async with stores.db.connection() as conn, conn.transaction():
                 cur = await conn.execute(
@@ -367,7 +449,7 @@ def create_app(settings: Settings) -> FastAPI:
                     (
                         f"notes/{variant.name}",
                         "document.create",
-                        json.dumps({"document_id": row[0], "owner_id": doc.owner_id}),
+                        json.dumps({"document_id": row[0], **detail}),
                     ),
                 )
         except psycopg.errors.ForeignKeyViolation:
@@ -384,7 +466,9 @@ def create_app(settings: Settings) -> FastAPI:
     # -- sessions (Redis) -------------------------------------------------------------
 
     @app.post("/sessions", status_code=201)
-    async def create_session(request: Request, body: SessionIn) -> dict[str, Any]:
+    async def create_session(
+        request: Request, body: SessionIn, marker: str | None = Depends(synthetic_marker)
+    ) -> dict[str, Any]:
         stores = _stores(request)
         session_id = str(uuid.uuid4())
         now = datetime.now(UTC).isoformat()
@@ -395,6 +479,8 @@ def create_app(settings: Settings) -> FastAPI:
             "user_agent": body.user_agent or request.headers.get("user-agent", ""),
             "theme": body.theme,
         }
+        if marker is not None:
+            fields[synthetic.FIELD] = marker
         stored = encode_session(variant, fields)
         await stores.redis.set(session_key(variant, session_id), stored, ex=settings.session_ttl)
         return {"id": session_id, **json.loads(stored)}

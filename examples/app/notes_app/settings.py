@@ -2,7 +2,7 @@
 
 | variable | meaning |
 |---|---|
-| ``NOTES_VARIANT`` | ``v1``, ``v2`` or ``v3-bad`` (baked in by the image's build arg) |
+| ``NOTES_VARIANT`` | ``v1``, ``v2``, ``v3-bad`` or ``v2-watch-bad`` (the image's build arg) |
 | ``NOTES_DATABASE_URL`` | Postgres URL (required) |
 | ``NOTES_REDIS_URL`` | Redis URL (required) |
 | ``QDRANT_URL`` | Qdrant server URL; search uses Postgres text matching without it |
@@ -13,6 +13,8 @@
 | ``NOTES_DB_POOL`` | Postgres connections kept open; default 10 |
 | ``NOTES_CACHE_TTL`` / ``NOTES_SESSION_TTL`` | seconds; default 30 and 86400 |
 | ``NOTES_BAD_LATENCY_MS`` / ``NOTES_BAD_ERROR_RATE`` | the ``v3-bad`` regression; 250, 0.05 |
+| ``NOTES_WATCH_BAD_ERROR_RATE`` | share of failing requests of ``v2-watch-bad``; 0.5 |
+| ``NOTES_FAIL_AFTER`` | ``v2-watch-bad`` also fails after this many API requests; 0: never |
 
 Each variant declares the database revisions it works with (see :data:`VARIANTS`);
 ``/readyz`` fails when ``alembic_version`` is outside that window.
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Variant = Literal["v1", "v2", "v3-bad"]
+Variant = Literal["v1", "v2", "v3-bad", "v2-watch-bad"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class VariantSpec:
     qdrant_dim: int
     # The deliberate regression of v3-bad: latency and errors on the API endpoints.
     regression: bool = False
+    # The deliberate defect of v2-watch-bad: errors once requests come through the router.
+    watch_regression: bool = False
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -69,6 +73,18 @@ VARIANTS: dict[str, VariantSpec] = {
         "snake",
         128,
         regression=True,
+    ),
+    # v2-watch-bad is v2 with a defect only the post-promotion watch (through the router)
+    # reveals; see notes_app.main.WatchRegression.
+    "v2-watch-bad": VariantSpec(
+        "v2-watch-bad",
+        "0006",
+        ("0003", "0004", "0005", "0006"),
+        "display_name",
+        "session:",
+        "snake",
+        128,
+        watch_regression=True,
     ),
 }
 
@@ -92,6 +108,8 @@ class Settings:
     session_ttl: int
     bad_latency_s: float
     bad_error_rate: float
+    watch_bad_error_rate: float = 0.5
+    fail_after: int = 0
 
     @property
     def qdrant_enabled(self) -> bool:
@@ -155,4 +173,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_ttl=_int(env, "NOTES_SESSION_TTL", 86400, 1, 365 * 86400),
         bad_latency_s=_int(env, "NOTES_BAD_LATENCY_MS", 250, 0, 60_000) / 1000,
         bad_error_rate=_float(env, "NOTES_BAD_ERROR_RATE", 0.05, 0.0, 1.0),
+        watch_bad_error_rate=_float(env, "NOTES_WATCH_BAD_ERROR_RATE", 0.5, 0.0, 1.0),
+        fail_after=_int(env, "NOTES_FAIL_AFTER", 0, 0, 1_000_000_000),
     )

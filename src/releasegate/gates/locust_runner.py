@@ -61,6 +61,8 @@ from releasegate.gates.thresholds import PERCENTILES, TOTAL_SCOPE
 from releasegate.secrets import mask_url
 
 PLUGIN_PATH = Path(__file__).with_name("releasegate_locust_plugin.py")
+# The plugin's NO_TASKS line (the plugin is not imported here: it imports Locust).
+NO_TASKS_LOG = "releasegate: no task left to run"
 CSV_PREFIX = "locust"
 POLL_INTERVAL_S = 0.25
 STOP_GRACE_S = 15.0
@@ -431,6 +433,11 @@ class LocustPlan:
     master_bind_host: str = "127.0.0.1"
     master_bind_port: int = 5557
     timeout: float | None = None  # wall clock; default: run time + max(30 s, 50%)
+    # X-Releasegate-Synthetic value every request carries (the plugin adds it); "": none.
+    synthetic: str = ""
+    # Locust --tags / --exclude-tags (None: no filter).
+    tags: tuple[str, ...] | None = None
+    exclude_tags: tuple[str, ...] | None = None
 
     @property
     def run_time_s(self) -> int:
@@ -493,6 +500,12 @@ class LocustPlan:
             "--releasegate-duration",
             f"{self.duration:g}",
         ]
+        if self.synthetic:
+            cmd += ["--releasegate-synthetic", self.synthetic]
+        if self.tags is not None:
+            cmd += ["--tags", *self.tags]
+        if self.exclude_tags is not None:
+            cmd += ["--exclude-tags", *self.exclude_tags]
         if self.processes > 1:
             cmd += ["--processes", str(self.processes)]
         if self.workers > 0:
@@ -656,7 +669,13 @@ class LocustProcess:
         self.started_at = time.monotonic()
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        # Not Popen.poll(): the exited process stays unreaped until finish(), so that its
+        # group id cannot be reused before finish() sweeps the group.
+        return (
+            self.proc is not None
+            and self.proc.returncode is None
+            and not _exited_unreaped(self.proc.pid, 0.0)
+        )
 
     def fresh_window(self) -> WindowStats | None:
         """The live window when the plugin has rewritten it since the last call."""
@@ -703,9 +722,13 @@ class LocustProcess:
     def finish(self) -> LocustRun:
         """Wait for the exit and parse every output."""
         assert self.proc is not None
-        try:
-            exit_code = self.proc.wait(timeout=STOP_GRACE_S * 2)
-        except subprocess.TimeoutExpired:
+        if _exited_unreaped(self.proc.pid, STOP_GRACE_S * 2):
+            # Worker processes (--processes) of a master that exited early must not
+            # linger. The exited leader is not reaped yet, so its group id is still ours.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            exit_code = self.proc.wait()
+        else:
             self.kill()
             exit_code = self.proc.returncode
         wall = time.monotonic() - self.started_at
@@ -742,6 +765,20 @@ class LocustProcess:
         return run
 
 
+def _exited_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``pid`` to exit, leaving it unreaped (a zombie)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True  # reaped already
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _raise_startup_failure(
     plan: LocustPlan, exit_code: int | None, log: str, timed_out: bool
 ) -> None:
@@ -757,6 +794,12 @@ def _raise_startup_failure(
     )[:300]
     if timed_out:
         raise InfraError(f"Locust did not start within {plan.wall_timeout_s:g}s: {problem}")
+    if NO_TASKS_LOG in log:
+        raise ConfigError(
+            f"slo.tags / slo.exclude_tags leave no task of {plan.locustfile.name} to run"
+            f" (tags {list(plan.tags or [])}, exclude_tags {list(plan.exclude_tags or [])});"
+            " no load was sent"
+        )
     if re.search(r"Traceback|No User class found|locust: error:", log):
         raise ConfigError(
             f"Locust could not load {plan.locustfile.name} (no load was sent): {problem}"

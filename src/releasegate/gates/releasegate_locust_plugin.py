@@ -16,14 +16,21 @@ no User class) and its event listeners then:
   each stats report (``report_to_master``); the master merges it (``worker_report``);
 - on the master or the local runner, write the window to ``PATH`` (JSON, replaced
   atomically) every second while the test runs, and a final copy when Locust quits;
-- with ``--releasegate-duration``, end the test when the window has lasted that long.
+- with ``--releasegate-duration``, end the test when the window has lasted that long;
+- with ``--releasegate-synthetic MARKER``, add ``X-Releasegate-Synthetic: MARKER`` and
+  releasegate's synthetic User-Agent (:mod:`releasegate.gates.synthetic`) to every request
+  of every ``HttpUser`` and ``FastHttpUser`` client, so locustfiles need no change. The
+  marker header always wins; a User-Agent the locustfile sets itself is kept. Workers get
+  the option from the master (Locust forwards plugin options);
+- when ``--tags``/``--exclude-tags`` leave no task to run, log :data:`NO_TASKS` and exit
+  with status 2 before any user starts (Locust would otherwise spawn users that fail).
 
-Without ``--releasegate-out`` it does nothing visible, so a locustfile run by hand is
-unaffected.
+Without its options it does nothing visible, so a locustfile run by hand is unaffected.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,12 +44,15 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
+from releasegate.gates import synthetic
 from releasegate.gates.histogram import Histogram
 
 REPORT_KEY = "releasegate_window"
 SNAPSHOT_INTERVAL_S = 1.0
 LAG_INTERVAL_S = 0.1
 FORMAT_VERSION = 1
+# Logged when the tag filter leaves nothing to run; the runner turns it into a config error.
+NO_TASKS = "releasegate: no task left to run"
 
 
 class _Entry:
@@ -213,9 +223,73 @@ def _add_arguments(parser: LocustArgumentParser) -> None:
         help="releasegate: seconds after the test start that the window leaves out",
         include_in_web_ui=False,
     )
+    parser.add_argument(
+        "--releasegate-synthetic",
+        type=str,
+        default="",
+        help="releasegate: marker sent as X-Releasegate-Synthetic with every request",
+        include_in_web_ui=False,
+    )
+
+
+# -- the synthetic marker on every request ------------------------------------------
+
+# The marker of every request; empty when none was given.
+_marker: list[str] = [""]
+
+
+def _set_marker(environment: Environment) -> None:
+    _marker[0] = str(getattr(environment.parsed_options, "releasegate_synthetic", "") or "")
+
+
+def _marking(request: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(request)
+    def marked(self: Any, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if _marker[0]:
+            kwargs["headers"] = synthetic.add_to(kwargs.get("headers"), _marker[0])
+        return request(self, method, url, *args, **kwargs)
+
+    marked.releasegate_marked = True  # type: ignore[attr-defined]
+    return marked
+
+
+def _install_marker() -> None:
+    """Wrap the request method of Locust's two HTTP clients (once per process)."""
+    from locust.clients import HttpSession
+    from locust.contrib.fasthttp import FastHttpSession
+
+    for client in (HttpSession, FastHttpSession):
+        if not getattr(client.request, "releasegate_marked", False):
+            client.request = _marking(client.request)  # type: ignore[method-assign]
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def _on_init(environment: Environment, **_kw: Any) -> None:
+    _set_marker(environment)
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or options is None:
+        return  # a worker gets its options (tags included) from the master later
+    tags = getattr(options, "tags", None)
+    exclude = getattr(options, "exclude_tags", None)
+    if tags is None and exclude is None:
+        return
+    # Filtering is idempotent; Locust would do it when the test starts.
+    environment._filter_tasks_by_tags()
+    if all(not user_class.tasks for user_class in environment.user_classes):
+        logging.getLogger(__name__).error(
+            "%s: tags %s and exclude_tags %s exclude every task of %s",
+            NO_TASKS,
+            tags,
+            exclude,
+            ", ".join(u.__name__ for u in environment.user_classes) or "no user class",
+        )
+        raise SystemExit(2)
 
 
 def _on_test_start(environment: Environment, **_kw: Any) -> None:
+    _set_marker(environment)  # a worker has the master's options by now
     options = environment.parsed_options
     warmup = float(getattr(options, "releasegate_warmup", 0.0) or 0.0)
     recorder.start(warmup)
@@ -310,7 +384,9 @@ def _on_quitting(environment: Environment, **_kw: Any) -> None:
 
 
 # Registered through Any: Locust's add_listener is untyped.
+_install_marker()
 _listen(events.init_command_line_parser, _add_arguments)
+_listen(events.init, _on_init)
 _listen(events.test_start, _on_test_start)
 _listen(events.request, _on_request)
 _listen(events.cpu_warning, _on_cpu_warning)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from releasegate.errors import ConfigError
+from releasegate.gates import synthetic
 from releasegate.gates.locust_runner import (
     LocustPlan,
     LocustRun,
@@ -335,6 +336,7 @@ class GateResult:
     baseline_run: LocustRun | None = None
     comparisons: list[Comparison] = field(default_factory=list)
     duration_s: float = 0.0
+    marker: str = synthetic.MANUAL  # the X-Releasegate-Synthetic value of every request
 
     @property
     def passed(self) -> bool:
@@ -352,6 +354,7 @@ class GateResult:
             "baseline_run": None if self.baseline_run is None else self.baseline_run.to_dict(),
             "out_dir": str(self.out_dir),
             "duration_s": round(self.duration_s, 3),
+            "synthetic_marker": self.marker,
         }
 
     def _rule_rows(self) -> list[list[str]]:
@@ -530,12 +533,17 @@ def run_slo_gate(
     compare_with: str | None = None,
     out_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    synthetic_id: int | str | None = None,
 ) -> GateResult:
     """Run the gate described by an ``[slo]`` section against ``target``.
 
     ``root`` resolves a relative locustfile. Every input is validated before Locust starts:
-    the rules, the URLs, the locustfile (compiled), the distributed settings.
+    the rules, the URLs, the locustfile (compiled), the distributed settings. Every request
+    carries ``X-Releasegate-Synthetic: <synthetic_id>`` (``manual`` when None); only the
+    locustfile's tasks that ``slo.tags`` / ``slo.exclude_tags`` let through run, and a
+    filter that leaves none is a :class:`ConfigError` before any load is sent.
     """
+    marker = synthetic.marker_for(synthetic_id)
     thresholds = parse_thresholds(slo.thresholds)
     if not thresholds:
         raise ConfigError("slo.thresholds is empty: the gate has no rule to check")
@@ -565,6 +573,9 @@ def run_slo_gate(
             workers=slo.workers,
             master_bind_host=slo.master_bind_host,
             master_bind_port=slo.master_bind_port,
+            synthetic=marker,
+            tags=None if slo.tags is None else tuple(slo.tags),
+            exclude_tags=tuple(slo.exclude_tags or ()) or None,
         )
 
     if baseline:
@@ -619,6 +630,7 @@ def run_slo_gate(
         baseline_run=baseline_run,
         comparisons=comparisons,
         duration_s=time.monotonic() - started,
+        marker=marker,
     )
 
 
@@ -629,8 +641,9 @@ def run_gate(
     compare_with: str | None = None,
     out_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    synthetic_id: int | str | None = None,
 ) -> GateResult:
-    """The SLO gate of a loaded config (its ``[slo]`` section)."""
+    """The SLO gate of a loaded config (its ``[slo]`` section); see :func:`run_slo_gate`."""
     return run_slo_gate(
         settings.raw.slo,
         settings.root,
@@ -638,4 +651,5 @@ def run_gate(
         compare_with=compare_with,
         out_dir=out_dir,
         progress=progress,
+        synthetic_id=synthetic_id,
     )

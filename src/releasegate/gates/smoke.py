@@ -55,6 +55,7 @@ from pydantic import (
 
 from releasegate.config import Duration, EnvVarName, refuse_bom
 from releasegate.errors import ConfigError
+from releasegate.gates import synthetic
 from releasegate.gates.locust_runner import check_target
 from releasegate.output import table
 from releasegate.secrets import mask_url, redact, register_secret
@@ -355,6 +356,7 @@ class SmokeReport:
     target: str
     results: list[CheckResult]
     duration_s: float
+    marker: str = synthetic.MANUAL  # the X-Releasegate-Synthetic value of every request
 
     @property
     def ok(self) -> bool:
@@ -371,6 +373,7 @@ class SmokeReport:
             "passed": len(self.results) - len(self.failed),
             "failed": len(self.failed),
             "duration_s": round(self.duration_s, 3),
+            "synthetic_marker": self.marker,
             "checks": [r.to_dict() for r in self.results],
         }
 
@@ -443,11 +446,16 @@ def run_check(
     defaults: Defaults,
     env: Mapping[str, str],
     sleep: Any = time.sleep,
+    marker: str = synthetic.MANUAL,
 ) -> CheckResult:
-    """Run one check, retrying while it fails."""
-    headers = _headers(
+    """Run one check, retrying while it fails; every request carries the synthetic marker.
+
+    A User-Agent the check declares wins over releasegate's; the marker header always wins.
+    """
+    declared = _headers(
         {**defaults.headers, **check.headers}, {**defaults.headers_env, **check.headers_env}, env
     )
+    headers = synthetic.add_to(declared, marker)
     retries = check.retries if check.retries is not None else defaults.retries
     delay = check.retry_delay if check.retry_delay is not None else defaults.retry_delay
     timeout = check.timeout if check.timeout is not None else defaults.timeout
@@ -503,18 +511,29 @@ def run_smoke(
     *,
     env: Mapping[str, str] | None = None,
     client: httpx.Client | None = None,
+    synthetic_id: int | str | None = None,
 ) -> SmokeReport:
-    """Run every check in order against ``target`` (a base URL such as a color's port)."""
+    """Run every check in order against ``target`` (a base URL such as a color's port).
+
+    Every request carries ``X-Releasegate-Synthetic: <synthetic_id>`` (``manual`` when
+    None) and releasegate's synthetic User-Agent.
+    """
+    marker = synthetic.marker_for(synthetic_id)
     base = check_target(target)
     env = os.environ if env is None else env
     started = time.perf_counter()
     own_client = client is None
     http = client or httpx.Client(follow_redirects=False)
     try:
-        results = [run_check(http, check, base, spec.defaults, env) for check in spec.checks]
+        results = [
+            run_check(http, check, base, spec.defaults, env, marker=marker) for check in spec.checks
+        ]
     finally:
         if own_client:
             http.close()
     return SmokeReport(
-        target=mask_url(base), results=results, duration_s=time.perf_counter() - started
+        target=mask_url(base),
+        results=results,
+        duration_s=time.perf_counter() - started,
+        marker=marker,
     )
