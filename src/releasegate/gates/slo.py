@@ -33,12 +33,12 @@ from releasegate.gates import synthetic
 from releasegate.gates.locust_runner import (
     LocustPlan,
     LocustRun,
-    WindowStats,
     check_locustfile,
     check_target,
     describe_plan,
     run_concurrently,
 )
+from releasegate.gates.locust_stats import WindowStats
 from releasegate.gates.thresholds import Threshold, format_value, parse_thresholds
 from releasegate.output import markdown_table, table
 from releasegate.secrets import mask_url, redact
