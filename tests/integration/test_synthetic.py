@@ -186,6 +186,25 @@ def test_a_filter_leaving_no_task_is_a_config_error_before_any_load(
     assert recorder.seen == []
 
 
+def test_cli_gate_with_no_task_left_exits_2_with_one_error_line(
+    tmp_path: Path, recorder: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from releasegate.cli import main
+
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    config = tmp_path / "releasegate.toml"
+    config.write_text(
+        '[service]\nname = "notes"\n\n[slo]\nlocustfile = "locustfile.py"\n'
+        'tags = ["nothing"]\n\n[slo.thresholds]\ntotal = ["error_rate < 1%"]\n'
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(config), "gate", "--target", recorder.url, "--json"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.count("error:") == 1 and err.startswith("error: slo.tags / slo.exclude_tags")
+    assert recorder.seen == []
+
+
 def test_smoke_requests_carry_the_marker(recorder: Recorder) -> None:
     spec = parse_smoke(
         {

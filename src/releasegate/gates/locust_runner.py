@@ -480,10 +480,14 @@ def _raise_startup_failure(
     if timed_out:
         raise InfraError(f"Locust did not start within {plan.wall_timeout_s:g}s: {problem}")
     if NO_TASKS_LOG in log:
+        filters = ", ".join(
+            f"{key} {list(value)}"
+            for key, value in (("tags", plan.tags), ("exclude_tags", plan.exclude_tags))
+            if value is not None
+        )
         raise ConfigError(
             f"slo.tags / slo.exclude_tags leave no task of {plan.locustfile.name} to run"
-            f" (tags {list(plan.tags or [])}, exclude_tags {list(plan.exclude_tags or [])});"
-            " no load was sent"
+            f" ({filters}); no load was sent"
         )
     if re.search(r"Traceback|No User class found|locust: error:", log):
         raise ConfigError(
