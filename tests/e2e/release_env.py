@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 RELEASEGATE = Path(sys.executable).parent / "releasegate"
 BASE_IMAGE = os.environ.get("RELEASEGATE_BASE_IMAGE", "releasegate/python:3.11-bookworm")
-VARIANTS = ("v1", "v2", "v3-bad")
+VARIANTS = ("v1", "v2", "v3-bad", "v2-watch-bad")
 COLOR_HEADER = "X-Releasegate-Color"
 
 CONFIG = """\
@@ -60,6 +60,7 @@ poll_interval = "100ms"
 [redis]
 url_env = "NOTES_REDIS_URL"
 patterns = ["sess:*", "session:*", "cache:*"]
+volatile_patterns = ["cache:*"]
 migrations = "migrations/redis"
 
 [qdrant]
@@ -109,17 +110,41 @@ stop_timeout = "2s"
 [release]
 watch = 0
 report_dir = ".releasegate/reports"
+# The load and the reader refresh sessions' last_seen: the live version updates them.
+live_updates = ["redis:sess:*", "redis:session:*"]
+
+[hooks]
+after_gate = ["{python}", "scripts/cleanup_synthetic.py"]
+after_watch = ["{python}", "scripts/cleanup_synthetic.py"]
 """
 
 
+def source_hash() -> str:
+    """A digest of the example service's build inputs: a changed app gets new images."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    app = REPO_ROOT / "examples" / "app"
+    for path in sorted(app.rglob("*")):
+        parts = set(path.relative_to(app).parts)
+        if path.is_file() and not parts & {"wheels", "__pycache__", ".pytest_cache"}:
+            if path.name.startswith(".releasegate-wheels"):
+                continue
+            digest.update(str(path.relative_to(app)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def ensure_images() -> None:
-    """notes:v1, notes:v2 and notes:v3-bad, built from the repository when missing."""
+    """notes:<variant> of every variant, built from the repository unless the images of
+    the current example source exist already (tagged ``notes:<variant>-src-<hash>``)."""
     client = docker.from_env()
+    stamp = source_hash()
     try:
         missing = []
         for variant in VARIANTS:
             try:
-                client.images.get(f"notes:{variant}")
+                image = client.images.get(f"notes:{variant}-src-{stamp}")
+                image.tag("notes", variant)
             except docker.errors.ImageNotFound:
                 missing.append(variant)
         if not missing:
@@ -150,6 +175,7 @@ def ensure_images() -> None:
                 capture_output=True,
                 timeout=900,
             )
+            client.images.get(f"notes:{variant}").tag("notes", f"{variant}-src-{stamp}")
     finally:
         client.close()
 
@@ -191,8 +217,11 @@ class ReleaseEnv:
         )
         shutil.copytree(REPO_ROOT / "loadtests", self.root / "loadtests", ignore=ignore)
         shutil.copy(REPO_ROOT / "smoke.toml", self.root / "smoke.toml")
+        (self.root / "scripts").mkdir()
+        shutil.copy(REPO_ROOT / "scripts" / "cleanup_synthetic.py", self.root / "scripts")
         self.config_path.write_text(
-            CONFIG.format(service=self.service, **self.ports), encoding="utf-8"
+            CONFIG.format(service=self.service, python=sys.executable, **self.ports),
+            encoding="utf-8",
         )
 
     def start(self) -> None:

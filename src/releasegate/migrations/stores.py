@@ -164,3 +164,55 @@ def _run(
         return qdrant_engine.up(settings, to, qdrant_step)
     assert to is not None
     return qdrant_engine.down(settings, to, qdrant_step)
+
+
+# -- expand/contract across stores (the release pipeline) ---------------------------------
+#
+# Inside a release, Redis and Qdrant migrations run in expand/contract form: ``expand``
+# writes the new layout beside the old one before promotion, ``catch_up`` carries what
+# the live version wrote meanwhile (for Qdrant it also moves the alias), ``contract``
+# removes the old layout once the old version is gone, and ``undo`` reverses an expand
+# (``promoted``: carrying the new version's writes back into the old layout first).
+PHASED_STORES: tuple[str, ...] = ("redis", "qdrant")
+
+
+def _phases(store: str) -> Any:
+    if store == "redis":
+        from releasegate.migrations.redis import phases as redis_phases
+
+        return redis_phases
+    if store == "qdrant":
+        from releasegate.migrations.qdrant import phases as qdrant_phases
+
+        return qdrant_phases
+    raise ConfigError(f"store {store!r} has no expand/contract form")
+
+
+def expand(settings: Settings, store: str) -> Any:
+    """Write the new layout of ``store``'s pending migrations beside the old one."""
+    return _phases(store).expand(settings)
+
+
+def catch_up(settings: Settings, store: str) -> Any:
+    """Carry what the live version wrote since the expand into the new layout."""
+    module = _phases(store)
+    return module.switch(settings) if store == "qdrant" else module.catch_up(settings)
+
+
+def contract(settings: Settings, store: str) -> Any:
+    """Remove the old layout of an expanded store (the old version is gone)."""
+    return _phases(store).contract(settings)
+
+
+def undo_expand(settings: Settings, store: str, *, promoted: bool) -> Any:
+    """Reverse an expand; after promotion, the new version's writes are carried back."""
+    return _phases(store).undo(settings, promoted=promoted)
+
+
+def expand_problems(settings: Settings, stores: list[str]) -> list[str]:
+    """Pending migrations that cannot run in expand/contract form, one line each."""
+    problems: list[str] = []
+    for store in stores:
+        if store in PHASED_STORES:
+            problems += [f"{store}: {p}" for p in _phases(store).expand_problems(settings)]
+    return problems

@@ -102,6 +102,12 @@ class ReleaseContext:
         self.changes.append({"kind": kind, **data})
         self.ledger.merge_summary(self.release_id, {"changes": self.changes})
 
+    def update_change(self, kind: str, **data: Any) -> None:
+        """Add what became known after a change was made (e.g. the revision it reached)."""
+        change = next(c for c in reversed(self.changes) if c["kind"] == kind)
+        change.update(data)
+        self.ledger.merge_summary(self.release_id, {"changes": self.changes})
+
     @property
     def out_dir(self) -> Path:
         return self.settings.resolve_path(self.settings.raw.release.report_dir)

@@ -29,7 +29,8 @@ from releasegate.pipeline.context import (
     StepOutcome,
     StepRecord,
 )
-from releasegate.pipeline.undo import UndoReport, undo_changes, verify_and_repair
+from releasegate.pipeline.undo import UndoReport, undo_changes
+from releasegate.pipeline.verify import verify_rollback
 from releasegate.runinfo import git_sha, performer
 
 
@@ -65,7 +66,10 @@ def _run_step(
         ctx.lock.ensure_held()
         outcome = step(ctx)
     except ReleasegateError as exc:
-        outcome = StepOutcome(False, db.first_line(exc), {"error_type": type(exc).__name__})
+        detail: dict[str, Any] = {"error_type": type(exc).__name__}
+        if exc.exit_code == ExitCode.USAGE:
+            detail["exit_code"] = int(ExitCode.USAGE)  # bad input: exit 2 when nothing changed
+        outcome = StepOutcome(False, db.first_line(exc), detail)
     except Exception as exc:  # a bug or an unexpected library error: still roll back
         outcome = StepOutcome(
             False, f"{type(exc).__name__}: {db.first_line(exc)}", {"unexpected": True}
@@ -133,20 +137,12 @@ def _result(ctx: ReleaseContext, outcome: str, exit_code: int, error: str | None
 def _roll_back(ctx: ReleaseContext, reason: str, listener: StepListener) -> UndoReport:
     listener.start("rollback")
     started = time.monotonic()
-    report = undo_changes(
-        ctx.settings,
-        ctx.changes,
-        reason=reason,
-        backup_set=ctx.backup_set,
-        lock=ctx.lock,
-        progress=ctx.progress,
-    )
-    verify_and_repair(ctx.settings, report, ctx.manifest, ctx.backup_set, ctx.lock, ctx.progress)
+    report = undo_changes(ctx.settings, ctx.changes, reason=reason, progress=ctx.progress)
+    verify_rollback(ctx.settings, report, ctx.changes, ctx.manifest, ctx.backup_set, ctx.progress)
     status = "ok" if report.ok else "failed"
     checks = report.checks
-    summary = (
-        f"verified: {sum(c['ok'] for c in checks)}/{len(checks)} checks equal the manifest"
-        + (f"; restored {', '.join(report.restored)} from backup" if report.restored else "")
+    summary = f"verified: {sum(c['ok'] for c in checks)}/{len(checks)} checks passed" + (
+        f"; kept {len(report.kept)} change(s) on purpose" if report.kept else ""
     )
     ctx.steps.append(StepRecord("rollback", status, time.monotonic() - started, summary))
     ctx.sections["rollback"] = report.to_dict()
@@ -155,8 +151,10 @@ def _roll_back(ctx: ReleaseContext, reason: str, listener: StepListener) -> Undo
         "rollback",
         StepStatus(status),
         time.monotonic() - started,
-        {"summary": summary, "restored": report.restored, "ok": report.ok},
+        {"summary": summary, "kept": report.kept, "promoted": report.promoted, "ok": report.ok},
     )
+    if report.kept:
+        ctx.ledger.merge_summary(ctx.release_id, {"kept_after_rollback": report.kept})
     listener.finish("rollback", status, summary)
     return report
 
@@ -170,7 +168,8 @@ def _finish(
     elif failure.name in _BEFORE_CHANGES or not ctx.changes:
         # Nothing in the undo log (e.g. the backup itself failed, or a crash before the
         # first change): there is nothing to roll back and no manifest to verify against.
-        outcome, code = Outcome.FAILED, ExitCode.CHECK_FAILED
+        outcome = Outcome.FAILED
+        code = ExitCode(failure.detail.get("exit_code", ExitCode.CHECK_FAILED))
         error = f"{failure.name}: {failure.summary} (nothing was changed)"
     elif failure.name == pipeline_steps.POINT_OF_NO_RETURN:
         # The old version is gone: finish by hand, with the backup at hand.
@@ -249,7 +248,9 @@ def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener)
         outcome = Outcome.FAILED if failure else Outcome.SUCCEEDED
         error = f"{failure.name}: {failure.summary}" if failure else None
         ledger.finish_release(release_id, outcome, {"dry_run": True, "error": error})
-        code = ExitCode.CHECK_FAILED if failure else ExitCode.OK
+        code = ExitCode.OK
+        if failure is not None:
+            code = ExitCode(failure.detail.get("exit_code", ExitCode.CHECK_FAILED))
         return _result(ctx, "dry_run" if failure is None else "blocked", int(code), error)
 
 

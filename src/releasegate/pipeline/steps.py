@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from releasegate.errors import ExitCode
 from releasegate.pipeline.context import (
     BACKUP,
     CONTRACT,
@@ -112,8 +113,13 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
             break
         expand.append(rev.id)
     contract = [r.id for r in pg.revisions[len(expand) :]]
+    # Kept by a rollback before promotion (blue is compatible with them by the rule).
+    irreversible = [r.id for r in pg.revisions[: len(expand)] if r.irreversible_reason]
     sections.update(
-        expand=expand, contract=contract, blocked=bool(contract and not ctx.options.allow_contract)
+        expand=expand,
+        contract=contract,
+        irreversible=irreversible,
+        blocked=bool(contract and not ctx.options.allow_contract),
     )
     ctx.sections["plan"] = sections
     pending = {name: len(s.get("pending", [])) for name, s in sections.items() if name in others}
@@ -122,6 +128,15 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
     )
     if pg.lint_failed:
         return StepOutcome(False, f"lint reached fail_on = {pg.fail_on}: {summary}", sections)
+    problems = stores.expand_problems(settings, list(others))
+    if problems:
+        sections["expand_problems"] = problems
+        return StepOutcome(
+            False,
+            f"cannot run before promotion without breaking the live version: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            {"problems": problems, "exit_code": int(ExitCode.USAGE)},
+        )
     if contract and not ctx.options.allow_contract:
         return StepOutcome(
             False,
@@ -130,7 +145,10 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
             {"contract": contract},
         )
     # What finalize needs if the release is resumed after promotion (see run.resume).
-    ctx.ledger.merge_summary(ctx.release_id, {"plan": {"expand": expand, "contract": contract}})
+    ctx.ledger.merge_summary(
+        ctx.release_id,
+        {"plan": {"expand": expand, "contract": contract, "irreversible": irreversible}},
+    )
     return StepOutcome(True, summary, {"expand": expand, "contract": contract})
 
 
@@ -159,7 +177,12 @@ def backup(ctx: ReleaseContext) -> StepOutcome:
 
 
 def migrate(ctx: ReleaseContext) -> StepOutcome:
-    """Expand and data migrations of every store, in order (contract waits for finalize)."""
+    """Expand and data migrations of every store, in order; none breaks the live version.
+
+    Postgres runs its expand/data revisions (contract waits for finalize). Redis and
+    Qdrant run in expand form: the new layout is written beside the old one, which the
+    live version keeps using until promotion.
+    """
     from releasegate.backup import sets
     from releasegate.migrations import stores
 
@@ -167,20 +190,44 @@ def migrate(ctx: ReleaseContext) -> StepOutcome:
     versions = sets.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
     done: dict[str, Any] = {}
     if plan_sections["expand"]:
-        ctx.record_change(POSTGRES, before=versions.get("alembic") or "base")
+        ctx.record_change(
+            POSTGRES,
+            before=versions.get("alembic") or "base",
+            revisions=plan_sections["expand"],
+            irreversible=plan_sections.get("irreversible", []),
+        )
         result = stores.up(ctx.settings, [POSTGRES], plan_sections["expand"][-1])
         done[POSTGRES] = result[POSTGRES].to_dict()
+        ctx.update_change(POSTGRES, after=done[POSTGRES]["after"])
+        if plan_sections.get("irreversible"):
+            _fingerprint_after_migrate(ctx)
     for store in (REDIS, QDRANT):
         if plan_sections.get(store, {}).get("pending"):
-            ctx.record_change(store, before=versions.get(store) or "base")
-            done[store] = stores.up(ctx.settings, [store])[store].to_dict()
+            ctx.record_change(store, before=versions.get(store) or "base", form="expand")
+            done[store] = stores.expand(ctx.settings, store).to_dict()
     ctx.sections["migrations"] = done
     if not done:
         return StepOutcome.skip("nothing to migrate")
     return StepOutcome(
         True,
-        ", ".join(f"{s} {d['before']} -> {d['after']}" for s, d in done.items()),
+        ", ".join(
+            f"{s} {d.get('before')} -> {d.get('after')}" + (" (expanded)" if s != POSTGRES else "")
+            for s, d in done.items()
+        ),
     )
+
+
+def _fingerprint_after_migrate(ctx: ReleaseContext) -> None:
+    """Rows as the irreversible revisions left them: the rollback keeps those revisions,
+    so its verification accepts a pre-release row in either form."""
+    from releasegate.backup import content
+
+    if ctx.backup_set is None or not ctx.settings.raw.backup.fingerprints:
+        return
+    out = ctx.out_dir / f"release-{ctx.release_id}" / "postgres.rows.after-migrate.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    content.take_postgres_fingerprints(ctx.settings, out)
+    ctx.update_change(POSTGRES, accept=str(out))
 
 
 def deploy(ctx: ReleaseContext) -> StepOutcome:
@@ -216,36 +263,82 @@ def _run_smoke(ctx: ReleaseContext, target: str) -> Any:
     from releasegate.gates.smoke import load_smoke_file, run_smoke
 
     spec = load_smoke_file(ctx.settings.resolve_path(ctx.settings.raw.smoke.file))
-    return run_smoke(spec, target)
+    return run_smoke(spec, target, synthetic_id=ctx.release_id)
+
+
+def _after_hook(ctx: ReleaseContext, name: str, color: str | None) -> str:
+    """Run a cleanup hook (the service deletes its synthetic data); a note for the summary.
+
+    A failing hook is reported, not fatal: the release's own verdict stands, and what the
+    synthetic requests wrote is marked, so it can still be found and deleted.
+    """
+    from releasegate.hooks import run_hook
+
+    result = run_hook(ctx.settings, name, release_id=ctx.release_id, color=color)
+    if result is None:
+        return ""
+    ctx.sections.setdefault("hooks", {})[name] = result.to_dict()
+    if result.ok:
+        return f"; {name} hook ok ({result.duration_s:.1f}s)"
+    return f"; {name} hook FAILED ({result.error or f'exit {result.exit_code}'})"
 
 
 def slo_gate(ctx: ReleaseContext) -> StepOutcome:
-    """The Locust SLO gate against the new color (compared with the live one if configured)."""
+    """The Locust SLO gate against the new color (compared with the live one if configured);
+    then the ``after_gate`` hook deletes what the gate's marked requests wrote."""
     from releasegate.gates.slo import run_gate
 
     assert ctx.target is not None and ctx.live_before is not None
     compare = _color_url(ctx, ctx.live_before) if ctx.settings.raw.slo.compare.enabled else None
-    result = run_gate(
-        ctx.settings,
-        _color_url(ctx, ctx.target),
-        compare_with=compare,
-        out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "gate",
-        progress=ctx.progress,
-    )
+    try:
+        result = run_gate(
+            ctx.settings,
+            _color_url(ctx, ctx.target),
+            compare_with=compare,
+            out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "gate",
+            progress=ctx.progress,
+            synthetic_id=ctx.release_id,
+        )
+    finally:
+        # Load was sent even when the gate raised: its writes go either way.
+        cleanup = _after_hook(ctx, "after_gate", ctx.target)
     ctx.sections["slo"] = result.to_dict()
     summary = f"{result.verdict}: " + ("; ".join(result.reasons) or "every rule passed")
-    return StepOutcome(result.passed, summary)
+    return StepOutcome(result.passed, summary + cleanup)
+
+
+def _expanded(ctx: ReleaseContext) -> list[str]:
+    """The stores this release expanded (Redis, Qdrant), in the undo log's order."""
+    return [c["kind"] for c in ctx.changes if c["kind"] in (REDIS, QDRANT)]
 
 
 def promote(ctx: ReleaseContext) -> StepOutcome:
-    """New requests to the new color; the old one drains."""
+    """New requests to the new color, with every write the live one made carried over.
+
+    Redis catches up once while blue still serves (the bulk), and again right after the
+    switch (what blue wrote meanwhile); Qdrant catches up and moves its alias right after
+    the switch. Finalize catches up once more after blue has drained.
+    """
+    from releasegate.migrations import stores
     from releasegate.router import manager as router
 
     assert ctx.target is not None
     ctx.record_change(SWITCH, **{"from": ctx.live_before, "to": ctx.target})
+    expanded = _expanded(ctx)
+    caught: dict[str, Any] = {}
+    if REDIS in expanded:
+        caught["redis before switch"] = stores.catch_up(ctx.settings, REDIS).to_dict()
     result = router.promote(ctx.settings, ctx.target)
     ctx.sections.setdefault("router", []).append(result.to_dict())
-    return StepOutcome(True, f"{ctx.target} live (switch {result.switch_s * 1000:.1f} ms)")
+    for store in expanded:
+        caught[f"{store} after switch"] = stores.catch_up(ctx.settings, store).to_dict()
+    if caught:
+        ctx.sections["catch_up"] = caught
+    return StepOutcome(
+        True,
+        f"{ctx.target} live (switch {result.switch_s * 1000:.1f} ms)"
+        + (f"; caught up {', '.join(expanded)}" if expanded else ""),
+    )
 
 
 def watch(ctx: ReleaseContext) -> StepOutcome:
@@ -263,7 +356,8 @@ def watch(ctx: ReleaseContext) -> StepOutcome:
     section: dict[str, Any] = {"smoke": report.to_dict()}
     ctx.sections["watch"] = section
     if not report.ok:
-        return StepOutcome(False, "smoke through the router failed after promotion")
+        cleanup = _after_hook(ctx, "after_watch", ctx.target)
+        return StepOutcome(False, "smoke through the router failed after promotion" + cleanup)
     slo = ctx.settings.raw.slo
     users = ctx.settings.raw.release.watch_users
     short = slo.model_copy(
@@ -284,9 +378,13 @@ def watch(ctx: ReleaseContext) -> StepOutcome:
         address,
         out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "watch",
         progress=ctx.progress,
+        synthetic_id=ctx.release_id,
     )
     section["slo"] = result.to_dict()
-    return StepOutcome(result.passed, f"through the router: {result.verdict}")
+    summary = f"through the router: {result.verdict}" + (
+        f" ({'; '.join(result.reasons)})" if result.reasons and not result.passed else ""
+    )
+    return StepOutcome(result.passed, summary + _after_hook(ctx, "after_watch", ctx.target))
 
 
 def finalize(ctx: ReleaseContext) -> StepOutcome:
@@ -298,12 +396,20 @@ def finalize(ctx: ReleaseContext) -> StepOutcome:
     assert ctx.live_before is not None
     drain = ctx.settings.raw.deploy.drain
     drained = router.wait_drained(ctx.settings, ctx.live_before, drain)
+    expanded = _expanded(ctx)
+    if REDIS in expanded:
+        # What blue's last requests wrote while it drained.
+        stores.catch_up(ctx.settings, REDIS)
     ctx.record_change(STOP_PREVIOUS, color=ctx.live_before, image=ctx.previous_image)
     removed = containers.stop(ctx.settings, ctx.live_before)
     notes = [f"{ctx.live_before} stopped" + ("" if drained else " (drain window ran out)")]
     contract = ctx.sections["plan"]["contract"]
+    if contract or expanded:
+        ctx.record_change(CONTRACT, revisions=contract, stores=expanded)
+    for store in expanded:
+        stores.contract(ctx.settings, store)
+        notes.append(f"{store} old layout removed")
     if contract:
-        ctx.record_change(CONTRACT, revisions=contract)
         stores.up(ctx.settings, [POSTGRES])
         notes.append(f"contract {', '.join(contract)} applied")
     pruned = containers.prune_images(ctx.settings, keep=ctx.settings.raw.deploy.keep_images)

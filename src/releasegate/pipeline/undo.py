@@ -1,12 +1,22 @@
-"""Undoing a release, and proving that everything is back as it was.
+"""Undoing a release: its own changes, each by its own down step. Never a restore.
 
-Changes are undone in reverse order: traffic back to the previous color, the new color
-stopped, the Qdrant alias back, Redis migrations down, Alembic down to the recorded
-revision. Where a step cannot be undone (an irreversible revision, a failed down
-migration) the store is restored from the release's own backup set. Then every store
-is compared with the pre-release manifest: versions and counts must be equal; a store
-that still differs is restored from the backup and checked again. Whatever remains
-unequal makes the rollback fail, and the exact manual steps are listed.
+Changes are undone newest first, from the release's undo log:
+
+1. traffic back to the previous color;
+2. the new color stopped;
+3. Qdrant and Redis expansions undone. Before promotion the new layout holds only the
+   release's copies and green's synthetic writes, so it is removed; after promotion green
+   served real users, so what it wrote is carried back into the old layout first (the
+   migrations' down transforms);
+4. Postgres. Before promotion the release's reversible expand/data revisions are
+   downgraded (green saw only synthetic traffic, so nothing of a user's lives in what they
+   added); an irreversible revision and everything below it is kept, since blue is
+   compatible with it by the compatibility rule. After promotion the expanded schema is
+   kept: green's users may have written into it, and blue is compatible with it by
+   construction.
+
+No backup is ever restored here: a restore over a store that a live color uses loses every
+write made since the backup. :mod:`releasegate.pipeline.verify` then proves the result.
 """
 
 from __future__ import annotations
@@ -15,12 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.lock import HeldLock
+from releasegate.pipeline.context import DEPLOY, POSTGRES, QDRANT, REDIS, SWITCH
 
 Progress = Callable[[str], None]
 
@@ -28,9 +37,11 @@ Progress = Callable[[str], None]
 @dataclass
 class UndoReport:
     reason: str
+    promoted: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
-    restored: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # what the rollback keeps on purpose, and why
+    expected_versions: dict[str, str | None] = field(default_factory=dict)
     manual_steps: list[str] = field(default_factory=list)
 
     @property
@@ -39,27 +50,22 @@ class UndoReport:
 
     @property
     def ok(self) -> bool:
-        return self.verified and all(s["status"] != "failed" for s in self.steps if s["required"])
+        return self.verified and all(s["status"] != "failed" for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "reason": self.reason,
             "ok": self.ok,
+            "promoted": self.promoted,
             "steps": self.steps,
-            "restored_from_backup": self.restored,
+            "kept": self.kept,
+            "expected_versions": self.expected_versions,
             "verification": {"ok": self.verified, "checks": self.checks},
             "manual_steps": self.manual_steps,
         }
 
 
-def _step(
-    report: UndoReport,
-    name: str,
-    action: Callable[[], Any],
-    progress: Progress,
-    *,
-    required: bool = True,
-) -> bool:
+def _step(report: UndoReport, name: str, action: Callable[[], Any], progress: Progress) -> bool:
     started = time.monotonic()
     progress(f"rollback: {name}")
     try:
@@ -67,25 +73,18 @@ def _step(
         status, error = "ok", None
     except Exception as exc:
         status, error, detail = "failed", f"{type(exc).__name__}: {db.first_line(exc)}", None
+    if detail is not None and hasattr(detail, "to_dict"):
+        detail = detail.to_dict()
     report.steps.append(
         {
             "name": name,
             "status": status,
-            "required": required,
             "duration_s": round(time.monotonic() - started, 3),
             "error": error,
             "detail": detail if isinstance(detail, dict) else {},
         }
     )
     return status == "ok"
-
-
-def _restore(settings: Settings, set_id: str | None, store: str, lock: HeldLock) -> dict[str, Any]:
-    from releasegate.backup import sets
-
-    if set_id is None:
-        raise RuntimeError(f"no backup set to restore {store} from")
-    return sets.restore(settings, set_id, stores=[store], force=True, held_lock=lock).to_dict()
 
 
 def _switch_back(settings: Settings, color: str) -> dict[str, Any]:
@@ -111,27 +110,73 @@ def _stop(settings: Settings, color: str) -> dict[str, Any]:
     return {"removed": containers.stop(settings, color, force=True)}
 
 
-def _down(settings: Settings, store: str, version: str) -> dict[str, Any]:
+def _postgres_down(settings: Settings, target: str) -> dict[str, Any]:
     from releasegate.migrations import stores
 
-    result: dict[str, Any] = stores.down(settings, store, version).to_dict()
+    result: dict[str, Any] = stores.down(settings, POSTGRES, target).to_dict()
     return result
 
 
+def _undo_expand(settings: Settings, store: str, promoted: bool) -> Any:
+    from releasegate.migrations import stores
+
+    return stores.undo_expand(settings, store, promoted=promoted)
+
+
+def _undo_postgres(
+    settings: Settings, change: dict[str, Any], report: UndoReport, progress: Progress
+) -> None:
+    before = change["before"]
+    after = change.get("after")
+    if report.promoted:
+        # Green's users may have written into the new columns; blue runs on them.
+        kept = after or "the migrated revision"
+        report.kept.append(
+            f"postgres schema kept at {kept} (expanded): the new version served users,"
+            " who may have written into it; the previous version is compatible with it"
+        )
+        report.expected_versions[POSTGRES] = after
+        return
+    keep = _irreversible_applied(settings, change)
+    target = keep or before
+    if keep:
+        report.kept.append(
+            f"postgres kept at {keep}: irreversible revision {keep} (and those below it)"
+            " ran before promotion; the previous version is compatible with it"
+        )
+    report.expected_versions[POSTGRES] = target
+    if after == target:
+        return
+    _step(
+        report,
+        f"postgres down to {target}",
+        partial(_postgres_down, settings, target),
+        progress,
+    )
+
+
+def _irreversible_applied(settings: Settings, change: dict[str, Any]) -> str | None:
+    """The newest irreversible revision of the release that is applied now, if any."""
+    irreversible = change.get("irreversible") or []
+    if not irreversible:
+        return None
+    from releasegate.backup import sets
+
+    current = sets.live_versions(settings, [POSTGRES]).get("alembic")
+    revisions: list[str] = list(change.get("revisions") or [])
+    applied = revisions[: revisions.index(current) + 1] if current in revisions else []
+    kept = [r for r in applied if r in irreversible]
+    return kept[-1] if kept else None
+
+
 def undo_changes(
-    settings: Settings,
-    changes: list[dict[str, Any]],
-    *,
-    reason: str,
-    backup_set: str | None,
-    lock: HeldLock,
-    progress: Progress,
+    settings: Settings, changes: list[dict[str, Any]], *, reason: str, progress: Progress
 ) -> UndoReport:
     """Reverse ``changes`` (the release's undo log), newest first; see the module docs."""
-    report = UndoReport(reason)
+    report = UndoReport(reason, promoted=any(c["kind"] == SWITCH for c in changes))
     for change in reversed(changes):
         kind = change["kind"]
-        if kind == "switch":
+        if kind == SWITCH:
             previous = change["from"]
             _step(
                 report,
@@ -139,197 +184,53 @@ def undo_changes(
                 partial(_switch_back, settings, previous),
                 progress,
             )
-        elif kind == "deploy":
+        elif kind == DEPLOY:
             color = change["color"]
+            _step(report, f"stop {color}", partial(_stop, settings, color), progress)
+        elif kind in (REDIS, QDRANT):
+            report.expected_versions[kind] = change["before"]
+            how = "carry the new version's writes back" if report.promoted else "remove"
             _step(
                 report,
-                f"stop {color}",
-                partial(_stop, settings, color),
+                f"{kind} expand undone ({how})",
+                partial(_undo_expand, settings, kind, report.promoted),
                 progress,
             )
-        elif kind in ("qdrant", "redis", "postgres"):
-            before = change["before"]
-            ok = _step(
-                report,
-                f"{kind} down to {before}",
-                partial(_down, settings, kind, before),
-                progress,
-                required=False,
-            )
-            if not ok and _step(
-                report,
-                f"restore {kind} from backup {backup_set}",
-                partial(_restore, settings, backup_set, kind, lock),
-                progress,
-            ):
-                report.restored.append(kind)
+        elif kind == POSTGRES:
+            _undo_postgres(settings, change, report, progress)
     return report
 
 
-def live_snapshot(settings: Settings, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The live versions and counts of the stores a manifest covers."""
-    from releasegate.backup import sets
+def manual_steps(report: UndoReport, backup_set: str | None) -> list[str]:
+    """What a human runs to finish a rollback that could not finish itself.
 
-    names = [entry["store"] for entry in manifest.get("stores", [])]
-    versions = sets.live_versions(settings, names)
-    counts = {name: sets.store_module(name).counts(settings) for name in names}
-    return {"versions": versions, "counts": counts}
-
-
-def _count_checks(store: str, expected: dict[str, Any], actual: dict[str, Any]) -> list[Any]:
-    """(item, expected, actual) triples worth comparing for one store."""
-    if store == "postgres":
-        tables = sorted(set(expected.get("tables", {})) | set(actual.get("tables", {})))
-        return [
-            (f"rows {t}", expected.get("tables", {}).get(t), actual.get("tables", {}).get(t))
-            for t in tables
-        ]
-    if store == "redis":
-        # Expected values here are (at least, at most) ranges: see redis_counts_now.
-        types = sorted(set(expected.get("types", {})) | set(actual.get("types", {})))
-        return [("keys (not expired)", expected.get("keys"), actual.get("keys"))] + [
-            (
-                f"{t} keys",
-                expected.get("types", {}).get(t, (0, 0)),
-                actual.get("types", {}).get(t, 0),
-            )
-            for t in types
-        ]
-    points = {name: data.get("points") for name, data in expected.get("collections", {}).items()}
-    live = {name: data.get("points") for name, data in actual.get("collections", {}).items()}
-    return [
-        ("points per collection", points, live),
-        ("aliases", expected.get("aliases"), actual.get("aliases")),
-    ]
-
-
-def verify_against_manifest(
-    settings: Settings, manifest: dict[str, Any], set_dir: Path | None = None
-) -> list[dict[str, Any]]:
-    """Compare every store with the manifest (and its set's files): versions, then counts."""
-    live = live_snapshot(settings, manifest)
-    checks: list[dict[str, Any]] = []
-    versions = manifest.get("versions", {})
-    for store, version in versions.items():
-        name = "postgres" if store == "alembic" else store
-        if name not in live["versions"] and store not in live["versions"]:
-            continue
-        actual = live["versions"].get(store, live["versions"].get(name))
-        checks.append(_check(name, f"{name} version", version, actual))
-    for entry in manifest.get("stores", []):
-        store = entry["store"]
-        expected = entry.get("counts", {})
-        if store == "redis" and set_dir is not None:
-            expected = redis_counts_now(set_dir, entry)
-        for item, want, have in _count_checks(store, expected, live["counts"][store]):
-            checks.append(_check(store, item, want, have))
-    return checks
-
-
-def redis_counts_now(set_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """The backup's Redis counts less the keys whose TTL has run out since.
-
-    Keys expire on their own between the backup and the check; a restore skips them
-    too, so the state to match is the backup as it would look now.
+    None of these loses a write: the failed undo steps are run again, and a restore from
+    the backup comes only as a last resort, after its loss report.
     """
-    from releasegate.backup.base import StoreBackup
-    from releasegate.backup.redis import DumpReader, dump_path
-
-    # Redis reclaims expired keys lazily and by sampling, and the clocks differ a little:
-    # a key within this margin of its expiry may or may not still be counted.
-    now_ms = int(time.time() * 1000)
-    margin_ms = EXPIRY_MARGIN_S * 1000
-    keys = [0, 0]
-    types: dict[str, list[int]] = {}
-    for record in DumpReader(dump_path(set_dir, StoreBackup.from_dict(entry))).records():
-        expiry = record.expire_at_ms
-        if expiry and expiry <= now_ms - margin_ms:
-            continue
-        surely_there = not expiry or expiry > now_ms + margin_ms
-        bounds = types.setdefault(record.type_name, [0, 0])
-        for counter in (keys, bounds):
-            counter[1] += 1
-            counter[0] += int(surely_there)
-    return {"keys": tuple(keys), "types": {name: tuple(b) for name, b in types.items()}}
-
-
-EXPIRY_MARGIN_S = 5
-
-
-def _within(expected: Any, actual: Any) -> bool:
-    if isinstance(expected, tuple) and len(expected) == 2 and isinstance(actual, int):
-        return bool(expected[0] <= actual <= expected[1])
-    return bool(expected == actual)
-
-
-def _check(store: str, item: str, expected: Any, actual: Any) -> dict[str, Any]:
-    shown = expected
-    if isinstance(expected, tuple):
-        low, high = expected
-        shown = low if low == high else f"{low}..{high}"
-    return {
-        "store": store,
-        "item": item,
-        "expected": shown,
-        "actual": actual,
-        "ok": _within(expected, actual),
-    }
-
-
-def verify_and_repair(
-    settings: Settings,
-    report: UndoReport,
-    manifest: dict[str, Any] | None,
-    backup_set: str | None,
-    lock: HeldLock,
-    progress: Progress,
-) -> None:
-    """Verify against the manifest; restore stores that differ from the backup; re-verify."""
-    if manifest is None:
-        report.checks = [_check("-", "pre-release manifest", "present", "none (no backup)")]
-        return
-    progress("rollback: verify against the pre-release manifest")
-    set_dir = _set_dir(settings, backup_set)
-    checks = verify_against_manifest(settings, manifest, set_dir)
-    differing = sorted({c["store"] for c in checks if not c["ok"]} - set(report.restored))
-    for store in differing:
-        # Writes made during the release (e.g. the gate's own load) are not part of the
-        # state the release started from: the backup is.
-        if _step(
-            report,
-            f"restore {store} from backup {backup_set} (counts differed)",
-            partial(_restore, settings, backup_set, store, lock),
-            progress,
-        ):
-            report.restored.append(store)
-    if differing:
-        checks = verify_against_manifest(settings, manifest, set_dir)
-    report.checks = checks
-    if not report.ok:
-        report.manual_steps = manual_steps(settings, report, backup_set)
-
-
-def _set_dir(settings: Settings, backup_set: str | None) -> Path | None:
-    if backup_set is None:
-        return None
-    from releasegate.backup.sets import resolve_set
-
-    return resolve_set(settings, backup_set)
-
-
-def manual_steps(settings: Settings, report: UndoReport, backup_set: str | None) -> list[str]:
-    """What a human runs to finish a rollback that could not finish itself."""
     steps = [
         "releasegate router status   # check which color serves",
         "releasegate router rollback # if the new color still gets traffic",
         "releasegate ps",
     ]
-    failed = {c["store"] for c in report.checks if not c["ok"]}
-    failed |= {s["name"].split()[0] for s in report.steps if s["status"] == "failed"}
-    for store in ("postgres", "redis", "qdrant"):
-        if store in failed and backup_set:
-            steps.append(f"releasegate backup restore {backup_set} --store {store} --yes")
-    steps.append("releasegate status    # versions and counts must match the backup manifest")
-    if backup_set:
-        steps.append(f"releasegate backup verify {backup_set}")
+    failed = {s["name"].split()[0] for s in report.steps if s["status"] == "failed"}
+    failed |= {c["store"] for c in report.checks if not c["ok"]}
+    for store in ("redis", "qdrant"):
+        if store in failed and store in report.expected_versions:
+            steps.append(
+                f"releasegate migrate down --store {store} --to"
+                f" {report.expected_versions[store] or 'base'}   # runs the down steps again"
+            )
+    if "postgres" in failed and report.expected_versions.get(POSTGRES):
+        steps.append(
+            f"releasegate migrate down --to {report.expected_versions[POSTGRES]}"
+            "   # runs the down revisions again"
+        )
+    steps.append("releasegate status    # versions now")
+    if backup_set and failed & {"postgres", "redis", "qdrant"}:
+        stores = " ".join(f"--store {s}" for s in sorted(failed & {"postgres", "redis", "qdrant"}))
+        steps.append(
+            f"releasegate backup restore {backup_set} {stores}"
+            "   # LAST RESORT: it first prints every row, key and point written since"
+            " the backup that it would lose"
+        )
     return steps
