@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from conftest import free_port
 
 from releasegate.errors import MigrationFailed, StateError
 from releasegate.ledger import Ledger, Outcome, StepStatus
@@ -258,6 +261,58 @@ def test_a_crashed_catch_up_resumes_without_duplicates(
     assert event.status == StepStatus.FAILED and "injected crash" in event.detail["error"]
 
 
+SUBPROCESS_CATCH_UP = """
+import sys, time
+from releasegate.config import load_config
+from releasegate.migrations.redis import phases
+
+
+def progress(stats):
+    print(stats.updated, flush=True)
+    time.sleep(0.02)  # slow enough to be killed in the middle
+
+
+phases.catch_up(load_config(sys.argv[1]), on_progress=progress)
+"""
+
+
+def test_a_killed_catch_up_resumes_without_duplicates(
+    project: Project, redis_url: str, client: redis.Redis
+) -> None:
+    import os
+    import signal
+
+    rproject = make_project(project, redis_url, batch_size=50)
+    n, changed = 3000, 2000
+    seed_sessions(client, n, cache_docs=0)
+    settings = settings_of(rproject)
+    phases.expand(settings)
+    for sid, value, _ttl in list(iter_sessions(n))[:changed]:
+        client.set(f"sess:{sid}", encode({**value, "userAgent": "changed"}), keepttl=True)
+    env = {**rproject.env, "NOTES_REDIS_URL": redis_url}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
+    runner = subprocess.Popen(
+        [sys.executable, "-c", SUBPROCESS_CATCH_UP, str(rproject.config_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert runner.stdout is not None
+    for line in runner.stdout:
+        if int(line) >= 300:
+            break
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=30)
+    twins = snapshot(client, "session:*")
+    done = sum(json.loads(raw)["user_agent"] == "changed" for raw, _ in twins.values())
+    assert 300 <= done < changed
+
+    resumed = phases.catch_up(settings)
+    assert resumed.changed == changed - done and resumed.copied == 0
+    assert assert_in_step(client) == n
+
+
 def test_a_crashed_expand_resumes_or_undoes(rproject: Project, client: redis.Redis) -> None:
     n = 2000
     seed_sessions(client, n, cache_docs=0)
@@ -399,10 +454,72 @@ def test_contract_keeps_the_new_versions_writes_and_drops_the_old_layout(
     assert phases.undo(settings, promoted=False).did_nothing  # too late: nothing to undo
 
 
+@pytest.fixture
+def notifying_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of the test's own that sends keyspace notifications."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--notify-keyspace-events", "KA"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_catch_up_takes_only_the_notified_keys(project: Project, notifying_redis_url: str) -> None:
+    rproject = make_project(project, notifying_redis_url)
+    client = redis.Redis.from_url(notifying_redis_url)
+    n = 2000
+    seed_sessions(client, n, cache_docs=0)
+    settings = settings_of(rproject)
+    phases.expand(settings)  # starts listening before it scans
+    expected = play_old_version(client, n, random.Random(4))
+
+    result = phases.catch_up(settings)
+    assert result.scan == "notified"
+    assert (result.copied, result.changed, result.deleted) == (
+        expected["created"], expected["changed"], expected["deleted"]
+    )  # fmt: skip
+    assert result.counts()["scanned"] < 100  # the written keys, not the 2,000
+    assert assert_in_step(client) == n + 15
+
+    # A lost subscription: the next catch-up scans everything, and listens again.
+    client.client_kill_filter(_type="pubsub")
+    play_old_version(client, n, random.Random(5))
+    full = phases.catch_up(settings)
+    assert full.scan == "full" and full.counts()["scanned"] >= n
+    assert assert_in_step(client) > 0
+    client.set("sess:late", encode({"userId": 9, "createdAt": "c", "lastSeen": "l",
+                                    "userAgent": "u"}))  # fmt: skip
+    again = phases.catch_up(settings)
+    assert again.scan == "notified" and again.copied == 1
+    assert assert_in_step(client) > 0
+    phases.contract(settings)
+    client.close()
+
+
+@pytest.mark.parametrize("notifications", [False, True], ids=["scan", "notified"])
 def test_a_concurrent_writer_is_caught_up(
-    project: Project, redis_url: str, client: redis.Redis
+    project: Project, request: pytest.FixtureRequest, notifications: bool
 ) -> None:
     """The old version writes all along the expand; the catch-ups leave nothing behind."""
+    fixture = "notifying_redis_url" if notifications else "redis_url"
+    redis_url = request.getfixturevalue(fixture)
+    client = redis.Redis.from_url(redis_url)
     rproject = make_project(project, redis_url, batch_size=100)
     n = 5000
     seed_sessions(client, n, cache_docs=0)
@@ -436,8 +553,10 @@ def test_a_concurrent_writer_is_caught_up(
         stop.set()
         thread.join()
     assert writes > 100
-    phases.catch_up(settings)  # the last one, after the writer stopped
+    last = phases.catch_up(settings)  # the last one, after the writer stopped
+    assert last.scan == ("notified" if notifications else "full")
     assert assert_in_step(client) > 0
+    phases.undo(settings, promoted=False)
 
 
 # -- what cannot expand, and standalone runs --------------------------------------------------

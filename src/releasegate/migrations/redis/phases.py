@@ -17,26 +17,39 @@ pending migrations (``MOVES`` modules only; :func:`expand_problems` names the ot
   new-layout key the new version created or changed, deletes the old keys of twins it
   deleted, then removes the new layout. The version key goes back either way.
 
+**What a migration author provides.** A ``MOVES`` list of :class:`~.moves.KeyMove`
+(pattern, old prefix, new prefix, ``up`` and ``down`` functions of one JSON object);
+nothing else. Only JSON string values move; any other value under the pattern fails
+the phase (``invalid``) and is left as it is.
+
 **Change detection.** Each twin is recorded, in the same atomic Lua call that writes it,
 in a tracking hash under the version key's prefix: ``key suffix -> digest(old) +
-digest(new)`` (64 bits of SHA-1 over value and expiry time). A catch-up recomputes the
-digests server-side and transforms and writes only the keys that differ; deletions are
-found by walking the tracking hash. Its cost is therefore one server-side read of every
-old key (about 1 us each) plus the work on the changed keys: it needs no subscriber, no
-server config (keyspace notifications would miss writes while nobody listens) and
-survives any crash. The tracking costs about 100 bytes of memory per key until the
-contract. See :mod:`.sync` for the Lua.
+digest(new)`` (64 bits of SHA-1 over the value and its expiry time). A catch-up finds
+what changed in one of two ways:
+
+- *notified*: when the server sends keyspace notifications (``notify-keyspace-events``
+  ``KA``, or ``K`` with ``g$xe``), the expand starts a :class:`~.watch.ChangeWatcher`
+  in this process before it scans, and a catch-up in the same process takes only the
+  keys written since the last pass (10,000 changed keys: well under a second);
+- *full scan* otherwise (another process after a resume, notifications off, a lost
+  subscription): the digests of every old key are recomputed server-side and only the
+  keys that differ are transformed and written (a few microseconds per unchanged key).
+
+Deletions are found among the notified keys, or by walking the tracking hash. The
+tracking costs about 100 bytes per key until the contract; releasegate never changes
+the server's configuration.
 
 **What a concurrent writer can still race.** Every write is a compare-and-set on the
-digest the new value was computed from, so a stale value never overwrites a newer one,
-and a crash at any point is resumed by running the same phase again (a key already in
-step has an equal digest and is skipped, so nothing is written twice). But a write the
-old version makes after a catch-up has passed its key waits for the next catch-up: the
-one after the switch, or the contract's. When the old and the new version both change
-the same session between two catch-ups, the old version's write wins at a catch-up
-(before the switch the old version is the truth) and is counted in ``conflicts``; at
-the contract and in a carry-back the new version's write wins. Only JSON string keys
-can move; other values fail the phase (``invalid``) and are left as they are.
+value and expiry the new value was computed from, so a stale value never overwrites a
+newer one, and a crash at any point is resumed by running the same phase again: keys
+already in step have equal digests and are skipped, so nothing is written twice. A
+write the old version makes after a catch-up has passed its key waits for the next
+catch-up (the one after the switch, or the contract's). When both versions change the
+same key between two catch-ups, the old version's write wins at a catch-up (before the
+switch it is the truth) and is counted in ``conflicts``; at the contract and in a
+carry-back the new version's write wins. An old key that expires is dropped from the
+new layout too (its twin has the same expiry), but its tracking entry lingers until a
+full scan or the contract.
 
 Every phase holds the release lock (or the one a release shares, see
 :func:`releasegate.lock.shared`) and records a ledger release of kind ``migrate`` with
@@ -46,23 +59,24 @@ one event per version (``redis expand 0001``, ``redis catch-up 0001`` ...).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from releasegate import db
-from releasegate.config import RedisSection, Settings
-from releasegate.errors import MigrationFailed, ReleasegateError, StateError
-from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.lock import HeldLock, service_lock
-from releasegate.migrations.redis import engine
+from releasegate.config import Settings
+from releasegate.errors import MigrationFailed, StateError
+from releasegate.migrations.redis import engine, watch
+from releasegate.migrations.redis.frame import (
+    Phase,
+    PhaseResult,
+    ProgressCallback,
+    check_invalid,
+    phase,
+    read,
+    require,
+    save,
+)
 from releasegate.migrations.redis.moves import (
     ExpandState,
     Expansion,
-    KeyMove,
     expand_problems_of,
     new_expansion,
     read_expansion,
@@ -70,301 +84,58 @@ from releasegate.migrations.redis.moves import (
     tracking_key,
     write_expansion,
 )
-from releasegate.migrations.redis.sync import Layout, MoveStats, Syncer
-from releasegate.runinfo import git_sha, performer
+from releasegate.migrations.redis.sync import MoveStats
 from releasegate.stores import redis as stores
 
-ProgressCallback = Callable[[MoveStats], None]
+__all__ = [
+    "PhaseResult",
+    "ProgressCallback",
+    "catch_up",
+    "contract",
+    "expand",
+    "expand_problems",
+    "expanded_state",
+    "undo",
+]
 
 _MAX_PASSES = 5
-_COUNTS = (
-    "copied",
-    "updated",
-    "deleted",
-    "carried_back",
-    "removed",
-    "old_deleted",
-    "conflicts",
-    "raced",
-    "gone",
-    "invalid",
-    "scanned",
-    "unchanged",
-)
-
-
-@dataclass
-class PhaseResult:
-    """What one phase did; ``changed`` is the twins rewritten because their source changed."""
-
-    phase: str
-    before: str | None
-    after: str | None
-    versions: list[str] = field(default_factory=list)
-    moves: list[MoveStats] = field(default_factory=list)
-    duration_s: float = 0.0
-    release_id: int | None = None
-
-    def count(self, name: str) -> int:
-        return sum(int(getattr(m, name)) for m in self.moves)
-
-    @property
-    def copied(self) -> int:
-        return self.count("copied")
-
-    @property
-    def changed(self) -> int:
-        return self.count("updated")
-
-    @property
-    def deleted(self) -> int:
-        return self.count("deleted")
-
-    @property
-    def carried_back(self) -> int:
-        return self.count("carried_back")
-
-    @property
-    def conflicts(self) -> int:
-        return self.count("conflicts")
-
-    @property
-    def removed(self) -> int:
-        return self.count("removed")
-
-    @property
-    def old_deleted(self) -> int:
-        return self.count("old_deleted")
-
-    @property
-    def did_nothing(self) -> bool:
-        return not self.versions
-
-    def counts(self) -> dict[str, int]:
-        out = {name: self.count(name) for name in _COUNTS}
-        out["changed"] = out.pop("updated")
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "store": "redis",
-            "phase": self.phase,
-            "before": engine.format_version(self.before),
-            "after": engine.format_version(self.after),
-            "versions": self.versions,
-            "duration_s": round(self.duration_s, 3),
-            "release_id": self.release_id,
-            **self.counts(),
-            "moves": [m.to_dict() for m in self.moves],
-        }
-
-
-# -- the shared frame of every phase ----------------------------------------------------------
-
-
-@dataclass
-class _Phase:
-    settings: Settings
-    section: RedisSection
-    client: redis.Redis
-    held: HeldLock
-    ledger: Ledger
-    result: PhaseResult
-    syncer: Syncer
-    migrations: dict[str, engine.RedisMigration]
-
-    @property
-    def version_key(self) -> str:
-        return self.section.version_key
-
-    def moves(self, version: str) -> list[KeyMove]:
-        moves = self.migrations[version].moves
-        if moves is None:
-            raise StateError(f"redis migration {version} declares no MOVES: it cannot expand")
-        return moves
-
-    def stats(self, version: str, index: int, move: KeyMove) -> MoveStats:
-        stats = MoveStats(step=index + 1, operation=self.result.phase, pattern=move.pattern)
-        self.result.moves.append(stats)
-        return stats
-
-    def layout(self, version: str, index: int, move: KeyMove, *, back: bool = False) -> Layout:
-        tracking = tracking_key(self.version_key, version, index)
-        if back:
-            assert move.down is not None
-            return Layout(
-                tracking,
-                move.new_pattern,
-                move.new_prefix.encode(),
-                move.old_prefix.encode(),
-                move.down,
-                back=True,
-            )
-        return Layout(
-            tracking, move.pattern, move.old_prefix.encode(), move.new_prefix.encode(), move.up
-        )
-
-    def each_version(self, versions: list[str], work: Callable[[str], list[MoveStats]]) -> None:
-        """Run ``work`` per version, recording one ledger event each."""
-        for version in versions:
-            self.held.ensure_held()
-            started = time.monotonic()
-            name = f"redis {self.result.phase} {version}"
-            before = len(self.result.moves)
-            try:
-                stats = work(version)
-            except BaseException as exc:
-                self._event(name, version, self.result.moves[before:], started, exc)
-                raise
-            self._event(name, version, stats, started, None)
-
-    def _event(
-        self,
-        name: str,
-        version: str,
-        stats: list[MoveStats],
-        started: float,
-        exc: BaseException | None,
-    ) -> None:
-        detail: dict[str, Any] = {
-            "store": "redis",
-            "version": version,
-            "phase": self.result.phase,
-            "moves": [s.to_dict() for s in stats],
-        }
-        if exc is not None:
-            detail["error"] = _error_text(exc)
-        status = StepStatus.OK if exc is None else StepStatus.FAILED
-        self.ledger.record_event(
-            self.result.release_id or 0, name, status, time.monotonic() - started, detail
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, ReleasegateError):
-        return db.first_line(exc)
-    return f"{type(exc).__name__}: {db.first_line(exc)}"
-
-
-@contextmanager
-def _phase(
-    settings: Settings, phase: str, on_progress: ProgressCallback | None = None
-) -> Iterator[_Phase]:
-    """Lock, ledger release and Redis client of one phase; failures recorded and explained."""
-    section = engine.section_of(settings)
-    migrations = {m.version: m for m in engine.load_all(settings)}
-    pg_url = settings.postgres_url()
-    db.check_url(pg_url, f"${settings.raw.postgres.url_env}")
-    client = engine.connect(settings, f"redis {phase}")
-    started = time.monotonic()
-    try:
-        with (
-            service_lock(settings, f"redis {phase}") as held,
-            Ledger.open(pg_url) as ledger,
-        ):
-            current = _read(client, lambda: engine.read_version(client, section.version_key))
-            result = PhaseResult(phase, current, current)
-            result.release_id = ledger.start_release(
-                settings.service,
-                "migrate",
-                performer(),
-                git_sha=git_sha(settings.root),
-                redis_before=engine.format_version(current),
-            )
-            ledger.record_event(
-                result.release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
-            )
-            syncer = Syncer(client, section.batch_size, on_progress)
-            run = _Phase(settings, section, client, held, ledger, result, syncer, migrations)
-            try:
-                yield run
-            except BaseException as exc:
-                _fail(run, exc)
-            result.duration_s = time.monotonic() - started
-            ledger.finish_release(
-                result.release_id,
-                Outcome.SUCCEEDED,
-                {"store": "redis", "phase": phase, "versions": result.versions}
-                | {"keys": result.counts()},
-                redis_after=engine.format_version(result.after),
-            )
-    finally:
-        client.close()
-
-
-def _fail(run: _Phase, exc: BaseException) -> None:
-    result = run.result
-    error = _error_text(exc)
-    if isinstance(exc, redis.RedisError):
-        error = db.first_line(stores.infra_error(run.client, exc, f"the redis {result.phase}"))
-    with suppress(redis.RedisError):
-        result.after = engine.read_version(run.client, run.version_key)
-    assert result.release_id is not None
-    run.ledger.finish_release(
-        result.release_id,
-        Outcome.FAILED,
-        {"store": "redis", "phase": result.phase, "error": error, "keys": result.counts()},
-        redis_after=engine.format_version(result.after),
-    )
-    if isinstance(exc, ReleasegateError) and not isinstance(exc, MigrationFailed):
-        raise exc
-    if isinstance(exc, redis.RedisError):
-        raise stores.infra_error(run.client, exc, f"the redis {result.phase}") from None
-    if not isinstance(exc, Exception):
-        raise exc
-    raise MigrationFailed(
-        f"redis {result.phase} failed: {error}; run it again to resume"
-        f" (ledger release {result.release_id})"
-    ) from exc
-
-
-def _read(client: redis.Redis, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except redis.RedisError as exc:
-        raise stores.infra_error(client, exc, "reading the data version") from None
-
-
-def _require(record: Expansion, *states: str, doing: str) -> None:
-    if record.state not in states:
-        raise StateError(
-            f"cannot {doing}: the redis expansion to {record.after} is {record.state}"
-            + (
-                "; run the expand again (or undo it)"
-                if record.state == ExpandState.EXPANDING
-                else "; run that phase again to finish it"
-            )
-        )
-
-
-def _check_invalid(run: _Phase, stats: MoveStats) -> None:
-    if stats.invalid:
-        raise MigrationFailed(
-            f"{stats.invalid} keys matching {stats.pattern} hold no JSON object the transform"
-            f" accepts (e.g. {', '.join(stats.examples)}); they were left as they are"
-        )
-
-
-def _save(run: _Phase, record: Expansion) -> None:
-    write_expansion(run.client, run.version_key, record)
 
 
 # -- the phases -----------------------------------------------------------------------------
 
 
-def _sync_version(run: _Phase, version: str, *, prefer_new: bool) -> list[MoveStats]:
-    """One catch-up pass of each move of ``version``: copies, changes and deletions."""
+def _sync_version(
+    run: Phase, version: str, *, prefer_new: bool, changed: set[bytes] | None = None
+) -> list[MoveStats]:
+    """One catch-up pass of each move of ``version``: copies, changes and deletions, over
+    the whole old layout, or over the ``changed`` keys only (from a change watcher)."""
     out: list[MoveStats] = []
     for index, move in enumerate(run.moves(version)):
         stats = run.stats(version, index, move)
         layout = run.layout(version, index, move)
-        run.syncer.copy_changed(layout, stats, prefer_target=prefer_new)
+        keys = suffixes = None
+        if changed is not None:
+            matches = stores.compile_glob(move.pattern).match
+            keys = sorted(k for k in changed if matches(k))
+            suffixes = [k[len(layout.prefix) :] for k in keys]
+        run.syncer.copy_changed(layout, stats, prefer_target=prefer_new, keys=keys)
         run.syncer.delete_orphans(
-            layout.tracking, move.old_prefix, move.new_prefix, stats, prefer=prefer_new
+            layout.tracking,
+            move.old_prefix,
+            move.new_prefix,
+            stats,
+            prefer=prefer_new,
+            suffixes=suffixes,
         )
-        _check_invalid(run, stats)
+        check_invalid(run, stats)
         out.append(stats)
     return out
+
+
+def _watch(run: Phase, record: Expansion) -> None:
+    """Listen for writes to the old layout from now on, when the server notifies them."""
+    patterns = [m.pattern for v in record.versions for m in run.moves(v)]
+    watch.start(run.client, run.version_key, record.started_at, patterns)
 
 
 def expand(settings: Settings, *, on_progress: ProgressCallback | None = None) -> PhaseResult:
@@ -375,7 +146,7 @@ def expand(settings: Settings, *, on_progress: ProgressCallback | None = None) -
     done, or nothing pending, it does nothing. Refuses (:class:`StateError`) migrations
     :func:`expand_problems` reports.
     """
-    with _phase(settings, "expand", on_progress) as run:
+    with phase(settings, "expand", on_progress) as run:
         record = read_expansion(run.client, run.version_key)
         if record is None:
             pending = [v for v in sorted(run.migrations) if _above(v, run.result.before)]
@@ -385,11 +156,12 @@ def expand(settings: Settings, *, on_progress: ProgressCallback | None = None) -
             if problems:
                 raise StateError("cannot expand: " + "; ".join(problems))
             record = new_expansion(run.result.before, pending)
-            _save(run, record)
+            save(run, record)
         elif record.state == ExpandState.EXPANDED:
             return run.result
-        _require(record, ExpandState.EXPANDING, doing="expand")
+        require(record, ExpandState.EXPANDING, doing="expand")
         run.result.versions = list(record.versions)
+        _watch(run, record)
         run.each_version(record.versions, lambda v: _sync_version(run, v, prefer_new=False))
         record.state = ExpandState.EXPANDED
         pipe = run.client.pipeline(transaction=True)
@@ -408,16 +180,23 @@ def catch_up(settings: Settings, *, on_progress: ProgressCallback | None = None)
     are transformed and written. Safe to run any number of times, and after a crash.
     Nothing to do (and nothing done) without an open expansion.
     """
-    with _phase(settings, "catch-up", on_progress) as run:
+    with phase(settings, "catch-up", on_progress) as run:
         record = read_expansion(run.client, run.version_key)
         if record is None:
             return run.result
-        _require(record, ExpandState.EXPANDED, doing="catch up")
+        require(record, ExpandState.EXPANDED, doing="catch up")
         run.result.versions = list(record.versions)
-        run.each_version(record.versions, lambda v: _sync_version(run, v, prefer_new=False))
+        watcher = watch.find(run.client, run.version_key, record.started_at)
+        changed = watcher.drain(run.client) if watcher is not None else None
+        if changed is None:
+            _watch(run, record)  # before the scan: the next catch-up needs only the writes
+        run.result.scan = "full" if changed is None else "notified"
+        run.each_version(
+            record.versions, lambda v: _sync_version(run, v, prefer_new=False, changed=changed)
+        )
         record.caught_up_at = time.time()
         record.catch_ups += 1
-        _save(run, record)
+        save(run, record)
         return run.result
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -427,16 +206,17 @@ def contract(settings: Settings, *, on_progress: ProgressCallback | None = None)
 
     A last catch-up comes first; it leaves the twins the new version changed alone.
     """
-    with _phase(settings, "contract", on_progress) as run:
+    with phase(settings, "contract", on_progress) as run:
         record = read_expansion(run.client, run.version_key)
         if record is None:
             return run.result
-        _require(record, ExpandState.EXPANDED, ExpandState.CONTRACTING, doing="contract")
+        require(record, ExpandState.EXPANDED, ExpandState.CONTRACTING, doing="contract")
+        watch.stop(run.client, run.version_key, record.started_at)
         run.result.versions = list(record.versions)
         if record.state == ExpandState.EXPANDED:
             run.each_version(record.versions, lambda v: _sync_version(run, v, prefer_new=True))
             record.state = ExpandState.CONTRACTING
-            _save(run, record)
+            save(run, record)
 
         def drop_old(version: str) -> list[MoveStats]:
             out = []
@@ -463,16 +243,17 @@ def undo(settings: Settings, *, promoted: bool) -> PhaseResult:
     ``down`` transform (and twins it deleted delete their old key). A crashed undo is
     resumed by running it again (a carry-back stays a carry-back).
     """
-    with _phase(settings, "undo") as run:
+    with phase(settings, "undo") as run:
         record = read_expansion(run.client, run.version_key)
         if record is None:
             return run.result
-        _require(record, ExpandState.EXPANDING, ExpandState.EXPANDED, ExpandState.UNDOING,
+        require(record, ExpandState.EXPANDING, ExpandState.EXPANDED, ExpandState.UNDOING,
                   doing="undo")  # fmt: skip
+        watch.stop(run.client, run.version_key, record.started_at)
         carry = promoted or record.carry_back
         if record.state != ExpandState.UNDOING or carry != record.carry_back:
             record.state, record.carry_back = ExpandState.UNDOING, carry
-            _save(run, record)
+            save(run, record)
         run.result.phase = "carry-back" if carry else "undo"
         run.result.versions = list(record.versions)
         run.each_version(list(reversed(record.versions)), lambda v: _undo_version(run, v, carry))
@@ -488,7 +269,7 @@ def undo(settings: Settings, *, promoted: bool) -> PhaseResult:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _undo_version(run: _Phase, version: str, carry: bool) -> list[MoveStats]:
+def _undo_version(run: Phase, version: str, carry: bool) -> list[MoveStats]:
     out: list[MoveStats] = []
     for index, move in enumerate(run.moves(version)):
         stats = run.stats(version, index, move)
@@ -501,7 +282,7 @@ def _undo_version(run: _Phase, version: str, carry: bool) -> list[MoveStats]:
         for _pass in range(_MAX_PASSES):
             stats.passes += 1
             written = run.syncer.copy_changed(layout, stats, prefer_target=False)
-            _check_invalid(run, stats)
+            check_invalid(run, stats)
             changed_since = run.syncer.remove_copies(
                 tracking, move.old_prefix, move.new_prefix, stats, carry=True
             )
@@ -524,7 +305,7 @@ def _above(version: str, current: str | None) -> bool:
     return current is None or version > current
 
 
-def _problems(run: _Phase, pending: list[str]) -> list[str]:
+def _problems(run: Phase, pending: list[str]) -> list[str]:
     named = [(f"{v} ({run.migrations[v].name})", run.migrations[v].moves) for v in pending]
     return expand_problems_of(named)
 
@@ -540,8 +321,8 @@ def expand_problems(settings: Settings) -> list[str]:
     migrations = {m.version: m for m in engine.load_all(settings)}
     client = engine.connect(settings, "redis expand plan")
     try:
-        current = _read(client, lambda: engine.read_version(client, section.version_key))
-        record = _read(client, lambda: read_expansion(client, section.version_key))
+        current = read(client, lambda: engine.read_version(client, section.version_key))
+        record = read(client, lambda: read_expansion(client, section.version_key))
     finally:
         client.close()
     if current is not None and current not in migrations:
@@ -569,9 +350,7 @@ def expanded_state(settings: Settings) -> dict[str, Any] | None:
     migrations = {m.version: m for m in engine.load_all(settings)}
     client = engine.connect(settings, "redis expand status")
     try:
-        record: Expansion | None = _read(
-            client, lambda: read_expansion(client, section.version_key)
-        )
+        record: Expansion | None = read(client, lambda: read_expansion(client, section.version_key))
         if record is None:
             return None
         data = record.to_dict()

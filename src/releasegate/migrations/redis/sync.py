@@ -7,9 +7,10 @@ pass recomputes ``d`` server-side for every key of a layout and hands to Python 
 keys whose digest differs from the recorded one (created, changed, TTL changed), so its
 cost is one server-side read of each key plus the work on the changed ones only.
 Deletions are found by walking the tracking hash (``HSCAN``) and checking which old keys
-are gone. Writes are compare-and-set on the digest Python computed its value from: a key
-changed in between is read again and retried, never overwritten with a stale value.
-Copies keep the absolute expiry (``SET ... PXAT``), so both twins expire together.
+are gone. Writes are compare-and-set on the value and expiry Python computed the new value
+from: a key changed in between is read again and retried, never overwritten with a stale
+value. A pass may also take only the keys given (those a :mod:`.watch` watcher saw
+written). Copies keep the absolute expiry (``SET ... PXAT``): both twins expire together.
 
 Two Lua calls stay in flight on a connection of their own (read page *k+1* while Python
 transforms page *k* and Redis writes page *k-1*), as in the migration helpers.
@@ -67,12 +68,12 @@ end
 """
 
 # Lua: the keys of one page (a SCAN page, or the keys given) whose digest differs from the
-# one recorded at ``offset`` of their tracking field, with their values and digests.
+# one recorded at ``offset`` of their tracking field, with their values and expiry times.
 # KEYS: tracking hash, then the keys in 'keys' mode. ARGV: mode ('scan'/'keys'), cursor,
 # match, count, prefix length, offset (1: old half, 17: new half).
 # Returns {next cursor, records, unchanged}; a record is (key length u32, value length i32:
-# -1 gone, -2 not a string, expiry length u32; key; value; expiry time as text; digest
-# (16 bytes)); gone and other keys have only their key.
+# -1 gone, -2 not a string, expiry length u32; key; value; expiry time as text); gone and
+# other keys have only their key.
 _READ_LUA = (
     _DIGEST
     + """
@@ -92,11 +93,11 @@ for i, key in ipairs(keys) do
   local value = values[i]
   if value then
     local at = tostring(redis.call('PEXPIRETIME', key))
-    local d = digest(value, at)
-    if tracked[i] and string.sub(tracked[i], off, off + 15) == d then
+    -- An untracked key needs no digest here: Python computes the one to record.
+    if tracked[i] and string.sub(tracked[i], off, off + 15) == digest(value, at) then
       unchanged = unchanged + 1
     else
-      parts[#parts + 1] = struct.pack('>I4i4I4', #key, #value, #at) .. key .. value .. at .. d
+      parts[#parts + 1] = struct.pack('>I4i4I4', #key, #value, #at) .. key .. value .. at
     end
   else
     local gone = redis.call('EXISTS', key) == 0
@@ -183,22 +184,33 @@ return {new, changed, gone, conflicts, raced, left}
 """
 )
 
-# Lua: one HSCAN page of a tracking hash, for the pairs whose old key is gone: the copy
-# goes too (unless someone else changed it and prefer-target is set), and the record.
-# KEYS: tracking hash. ARGV: cursor, count, old prefix, new prefix, prefer-target flag.
+# Lua: for the pairs whose old key is gone, the copy goes too (unless someone else changed
+# it and prefer-target is set), and the record. Over one HSCAN page of the tracking hash,
+# or over the suffixes given. KEYS: tracking hash. ARGV: cursor ('' : the suffixes given),
+# count, old prefix, new prefix, prefer-target flag, then the suffixes.
 # Returns {next cursor, deleted, conflicts}.
 _DELETED_LUA = (
     _DIGEST
     + """
-local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local items = page[2]
+local cursor, suffixes, records = '0', {}, {}
+if ARGV[1] ~= '' then
+  local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+  cursor = page[1]
+  for i = 1, #page[2], 2 do
+    suffixes[#suffixes + 1] = page[2][i]
+    records[#records + 1] = page[2][i + 1]
+  end
+else
+  for i = 6, #ARGV do suffixes[#suffixes + 1] = ARGV[i] end
+  records = mget(suffixes, KEYS[1])
+end
 local olds = {}
-for i = 1, #items, 2 do olds[#olds + 1] = ARGV[3] .. items[i] end
+for j = 1, #suffixes do olds[j] = ARGV[3] .. suffixes[j] end
 local values = mget(olds)
 local deleted, conflicts = 0, 0
 for j = 1, #olds do
-  local suffix, tracked = items[2 * j - 1], items[2 * j]
-  if not values[j] and redis.call('EXISTS', olds[j]) == 0 then
+  local suffix, tracked = suffixes[j], records[j]
+  if tracked and not values[j] and redis.call('EXISTS', olds[j]) == 0 then
     local dst = ARGV[4] .. suffix
     local now = redis.pcall('GET', dst)
     local touched = type(now) == 'string' and string.sub(tracked, 17, 32) ~= digest_of(now, dst)
@@ -209,7 +221,7 @@ for j = 1, #olds do
     redis.call('HDEL', KEYS[1], suffix)
   end
 end
-return {page[1], deleted, conflicts}
+return {cursor, deleted, conflicts}
 """
 )
 
@@ -312,37 +324,54 @@ class Syncer:
 
     # -- copy (or carry back) what differs --
 
-    def copy_changed(self, layout: Layout, stats: MoveStats, *, prefer_target: bool) -> int:
-        """One pass over ``layout.pattern`` writing every key whose digest differs, then
-        retries of the keys that raced; returns the keys written (0: the layouts agree)."""
+    def copy_changed(
+        self,
+        layout: Layout,
+        stats: MoveStats,
+        *,
+        prefer_target: bool,
+        keys: list[bytes] | None = None,
+    ) -> int:
+        """Write every key of ``layout.pattern`` (or of ``keys``) whose digest differs, then
+        retry the keys that raced; returns the keys written (0: the layouts agree)."""
         flag = b"1" if prefer_target else b"0"
-        written = self._pass(layout, stats, flag)
-        keys = layout.raced_keys
+        if keys is None:
+            written = self._pass(layout, stats, flag)
+        else:
+            written = 0
+            for first in range(0, len(keys), self.batch_size):
+                chunk = keys[first : first + self.batch_size]
+                written += self._keys(layout, stats, chunk, flag)
         for _attempt in range(layout.retries):
-            if not keys:
+            raced, layout.raced_keys = layout.raced_keys, []
+            if not raced:
                 break
-            layout.raced_keys = []
-            stats.raced += len(keys)
-            reply = self.client.evalsha(
-                self.read_sha.decode(),
-                1 + len(keys),
-                layout.tracking,
-                *keys,
-                "keys",
-                0,
-                "",
-                0,
-                len(layout.prefix),
-                17 if layout.back else 1,
-            )
-            stats.unchanged += int(reply[2])
-            pairs, values = self._transform(layout, stats, bytes(reply[1]))
-            if pairs:
-                reply = self._write_now(layout, pairs, values, flag)
-                written += self._apply(layout, stats, reply, pairs)
-            keys = layout.raced_keys
+            stats.raced += len(raced)
+            written += self._keys(layout, stats, raced, flag)
+        written += len(layout.raced_keys)  # still racing: the next pass takes them
         layout.raced_keys = []
-        return written + len(keys)
+        return written
+
+    def _keys(self, layout: Layout, stats: MoveStats, keys: list[bytes], flag: bytes) -> int:
+        """Read, transform and write the given keys (one read, one write call)."""
+        reply = self.client.evalsha(
+            self.read_sha.decode(),
+            1 + len(keys),
+            layout.tracking,
+            *keys,
+            "keys",
+            0,
+            "",
+            0,
+            len(layout.prefix),
+            17 if layout.back else 1,
+        )
+        stats.scanned += int(reply[2])
+        stats.unchanged += int(reply[2])
+        pairs, args = self._transform(layout, stats, bytes(reply[1]))
+        if not pairs:
+            return 0
+        return self._apply(layout, stats, self._write_now(layout, pairs, args, flag), pairs)
 
     def _write_now(
         self, layout: Layout, pairs: list[bytes], values: list[bytes], flag: bytes
@@ -410,8 +439,6 @@ class Syncer:
             offset += value_len
             at = blob[offset : offset + at_len]
             offset += at_len
-            digest = blob[offset : offset + 16]
-            offset += 16
             try:
                 value = _DECODE(raw.decode())
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -423,7 +450,7 @@ class Syncer:
                 continue
             new = _ENCODE(result).encode()
             pairs += (key, other + key[plen:])
-            args += (raw, at, digest + _digest(new, at), new)
+            args += (raw, at, _digest(raw, at) + _digest(new, at), new)
         return pairs, args
 
     def _apply(self, layout: Layout, stats: MoveStats, reply: Any, pairs: list[bytes]) -> int:
@@ -494,17 +521,36 @@ class Syncer:
                 return
 
     def delete_orphans(
-        self, tracking: str, old_prefix: str, new_prefix: str, stats: MoveStats, *, prefer: bool
+        self,
+        tracking: str,
+        old_prefix: str,
+        new_prefix: str,
+        stats: MoveStats,
+        *,
+        prefer: bool,
+        suffixes: list[bytes] | None = None,
     ) -> int:
-        """Delete the copies whose old key is gone; returns how many."""
+        """Delete the copies whose old key is gone (of every tracked pair, or of the
+        ``suffixes`` given); returns how many."""
         deleted = 0
         flag = "1" if prefer else "0"
-        for reply in self._hscan(self._deleted, tracking, [old_prefix, new_prefix, flag]):
+
+        def account(reply: list[Any]) -> None:
+            nonlocal deleted
             deleted += int(reply[1])
             stats.conflicts += int(reply[2])
             stats.deleted += int(reply[1])
             stats.changed += int(reply[1])
             self._progress(stats)
+
+        if suffixes is None:
+            for reply in self._hscan(self._deleted, tracking, [old_prefix, new_prefix, flag]):
+                account(reply)
+            return deleted
+        for first in range(0, len(suffixes), self.batch_size):
+            chunk = suffixes[first : first + self.batch_size]
+            args: list[Any] = ["", 0, old_prefix, new_prefix, flag, *chunk]
+            account(list(self._deleted(keys=[tracking], args=args)))
         return deleted
 
     def remove_copies(
