@@ -255,6 +255,8 @@ def _print_postgres_status(result: Any) -> None:
         _echo("  state:    never migrated (no alembic_version table)")
     elif result.state is DbState.UP_TO_DATE:
         _echo("  state:    up to date")
+    elif result.state is DbState.MULTIPLE_HEADS:
+        _echo("  state:    multiple heads")
     if result.pending:
         _echo(f"  pending:  {len(result.pending)}")
         for rev in result.pending:
@@ -273,8 +275,6 @@ def _print_store_status(store: str, result: Any) -> None:
         _echo(f"  pending:  {len(pending)}" if pending else "  state:    up to date")
         for item in pending:
             _echo(f"    {item.get('version')}  {item.get('doc') or item.get('name') or ''}")
-        if data.get("expansion"):
-            _echo(f"  expanded: {data['expansion']['note']}")
     for problem in result.problems:
         _echo(f"  problem:  {problem}")
 
@@ -284,7 +284,10 @@ def _print_store_status(store: str, result: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per store).")
 @pass_state
 def migrate_status(state: CliState, store: str | None, as_json: bool) -> int:
-    """Where each store stands: current version, head, pending; exit 1 on a problem."""
+    """Where each store stands: current version, head, pending; exit 1 on a problem.
+
+    Exit 2 when the Postgres migrations have several heads, as up, plan and test.
+    """
     from releasegate.migrations import stores
 
     settings = state.settings()
@@ -294,6 +297,10 @@ def migrate_status(state: CliState, store: str | None, as_json: bool) -> int:
     else:
         for name, result in results.items():
             _print_store_status(name, result)
+    if "postgres" in results:
+        from releasegate.migrations.commands import require_single_head
+
+        require_single_head(results["postgres"])
     return 0 if all(result.ok for result in results.values()) else 1
 
 
@@ -384,48 +391,17 @@ def migrate_plan(
 
 @migrate.command("test")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--keep-going", is_flag=True, help="Stamp past a failed step and try every revision.")
 @pass_state
-def migrate_test(state: CliState, as_json: bool) -> int:
+def migrate_test(state: CliState, as_json: bool, keep_going: bool) -> int:
     """Stairway-test the chain on a throwaway database; check drift and leftovers."""
-    from releasegate.migrations.harness import run_test
-    from releasegate.output import table
+    from releasegate.migrations.harness import render_text, run_test
 
-    report = run_test(state.settings(), progress=None if as_json else _echo)
+    report = run_test(state.settings(), progress=None if as_json else _echo, keep_going=keep_going)
     if as_json:
         _echo_json(report.to_dict())
-        return 0 if report.ok else 1
-    _echo()
-    _echo(
-        table(
-            ["revision", "up", "down", "up again", "up ms", "down ms", "note"],
-            [
-                (
-                    r.revision,
-                    r.up,
-                    r.down,
-                    r.reup,
-                    f"{r.up_ms:.0f}",
-                    f"{r.down_ms:.0f}",
-                    r.irreversible_reason or "; ".join(r.details),
-                )
-                for r in report.revisions
-            ],
-        )
-    )
-    if report.stopped_at is not None:
-        _echo(f"stairway stopped at {report.stopped_at}: drift and final downgrade not checked")
-    elif report.drift is None:
-        _echo("drift: not checked (set migrations.metadata)")
     else:
-        _echo(f"drift: {len(report.drift)} difference(s)")
-        for item in report.drift:
-            _echo(f"  {item}")
-    _echo(f"irreversible: {', '.join(report.irreversible) or 'none'}")
-    if report.lowest_reached is not None:
-        _echo(f"downgraded to: {report.lowest_reached}")
-    for problem in report.problems:
-        _echo(f"problem: {problem}")
-    _echo(f"{'passed' if report.ok else 'FAILED'} in {report.duration_s:.1f}s")
+        _echo(render_text(report))
     return 0 if report.ok else 1
 
 

@@ -7,6 +7,7 @@ example project pointed at a fresh database of the real Postgres server.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -174,3 +175,99 @@ def test_status_and_history_after_up(project: Project) -> None:
     upgraded = [e["step"] for e in release["events"] if e["step"].startswith("upgrade ")]
     assert upgraded == [f"upgrade {rev}" for rev in EXAMPLE_REVISIONS]
     assert_no_password(project, [before, migrated, after, history])
+
+
+def write_revision(project: Project, revision: str, down_revision: str, upgrade: str) -> None:
+    """A revision file whose downgrade() undoes nothing, in the example project's copy."""
+    (project.versions / f"{revision}_cli_test.py").write_text(
+        f'"""Revision {revision}."""\n\n'
+        "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        f'revision = "{revision}"\ndown_revision = "{down_revision}"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade() -> None:\n    {upgrade}\n\n\n"
+        "def downgrade() -> None:\n    pass\n"
+    )
+
+
+def test_plan_lists_a_revision_that_needs_a_live_connection(project: Project) -> None:
+    write_revision(project, "0007", "0006", 'op.get_bind().execute(sa.text("SELECT 1")).fetchall()')
+    text = releasegate(project, "migrate", "plan", "--from", "base")
+    as_json = releasegate(project, "migrate", "plan", "--from", "base", "--json")
+
+    assert text.code == 0, text.output
+    assert "internal error" not in text.output
+    assert "0007  [unknown (derived)]" in text.stdout
+    assert "SQL unavailable offline (needs a live connection)" in text.stdout
+    assert "revisions of unknown phase" in text.stdout
+    assert as_json.code == 0, as_json.output
+    data = json.loads(as_json.stdout)
+    assert [r["revision"] for r in data["revisions"]] == [*EXAMPLE_REVISIONS, "0007"]
+    assert data["unknown_revisions"] == ["0007"]
+    assert data["revisions"][-1]["runs_before_promotion"] is False
+    assert_no_password(project, [text, as_json])
+
+
+def test_plan_and_status_exit_2_on_multiple_heads(project: Project) -> None:
+    write_revision(project, "0006b", "0005", "pass")
+    assert releasegate(project, "migrate", "up", "--store", "postgres", "--to", "0006").code == 0
+
+    runs = [
+        releasegate(project, "migrate", "plan"),
+        releasegate(project, "migrate", "plan", "--from", "base"),
+        releasegate(project, "migrate", "status"),
+    ]
+
+    for run in runs:
+        assert run.code == 2, run.output
+        assert run.stderr.count("error:") == 1, run.stderr
+        assert run.stderr.startswith("error: the migrations have 2 heads"), run.stderr
+    status = runs[-1]
+    assert "state:    multiple heads" in status.stdout
+    assert "up to date" not in status.stdout
+    assert "0006b" in status.stdout
+    assert_no_password(project, runs)
+
+
+def test_down_to_a_relative_target(project: Project) -> None:
+    assert releasegate(project, "migrate", "up", "--store", "postgres", "--to", "0004").code == 0
+
+    one = releasegate(project, "migrate", "down", "--to", "-1")
+    two = releasegate(project, "migrate", "down", "--to=-2")
+
+    assert one.code == 0, one.output
+    assert "postgres: 0004 -> 0003" in one.stdout
+    assert two.code == 0, two.output
+    assert "postgres: 0003 -> 0001" in two.stdout
+    assert_no_password(project, [one, two])
+
+
+def test_two_revision_files_with_one_id_are_one_error_line(project: Project) -> None:
+    (original,) = project.versions.glob("0006_*.py")
+    (project.versions / "0006_copy.py").write_text(original.read_text())
+
+    run = releasegate(project, "migrate", "plan", "--from", "base")
+
+    assert run.code == 2, run.output
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: revision id 0006 is used by 2 files (0006_copy.py, {original.name}):"
+        " give each revision its own id"
+    ]
+
+
+def test_test_keep_going_prints_every_revision(project: Project) -> None:
+    write_revision(project, "0007", "0006", 'op.execute("ALTER TABLE nosuch ADD COLUMN x int")')
+    write_revision(project, "0008", "0007", 'op.create_table("later", sa.Column("id", sa.Integer))')
+
+    stopped = releasegate(project, "migrate", "test")
+    going = releasegate(project, "migrate", "test", "--keep-going")
+
+    assert stopped.code == 1, stopped.output
+    assert "stairway stopped at 0007" in stopped.stdout
+    assert going.code == 1, going.output
+    # One table: a row for every revision, the failed one included.
+    assert re.search(r"^0007 +failed +not run +not run ", going.stdout, re.MULTILINE)
+    assert re.search(r"^0008 +ok +no-op \(leaves trace\) +not run ", going.stdout, re.MULTILINE)
+    assert re.search(r"^0006 +ok +ok +ok ", going.stdout, re.MULTILINE)
+    assert "stamped past 0007" in going.stdout
+    assert_no_password(project, [stopped, going])

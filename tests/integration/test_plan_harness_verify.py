@@ -285,7 +285,7 @@ def test_harness_fails_a_downgrade_that_leaves_a_trace(project: Project) -> None
         project,
         doc="Sticky table.",
         upgrade='op.create_table("sticky", sa.Column("id", sa.BigInteger, primary_key=True))',
-        downgrade="pass",
+        downgrade='op.execute("SELECT 1")',
     )
     report = run_test(project.settings())
 

@@ -9,7 +9,10 @@ from releasegate.migrations.phases import (
     Phase,
     classify_statement,
     derive_phase,
+    is_type_change,
+    most_restrictive,
     resolve_phase,
+    type_change_phase,
 )
 
 
@@ -186,3 +189,75 @@ def test_resolve_phase_rejects_bad_overrides(override: object) -> None:
     message = str(excinfo.value)
     assert "releasegate_phase" in message
     assert "expand, contract, data" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("VARCHAR(250)", "VARCHAR(5000)"),
+        ("VARCHAR(250)", "VARCHAR(250)"),
+        ("BOOLEAN", "BOOLEAN"),
+        ("timestamp with time zone", "TIMESTAMP WITH TIME ZONE"),
+        ("VARCHAR(250)", "TEXT"),
+        ("VARCHAR(250)", "VARCHAR"),
+        ("TEXT", "VARCHAR"),
+        ("CHARACTER VARYING(20)", "VARCHAR(40)"),
+        ("NUMERIC(10, 2)", "NUMERIC(12, 2)"),
+        ("NUMERIC(10, 2)", "NUMERIC"),
+        ("NUMERIC(10)", "DECIMAL(12, 0)"),
+    ],
+)
+def test_type_changes_without_rewrite_are_expand(old: str, new: str) -> None:
+    assert type_change_phase(old, new) is Phase.EXPAND
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("VARCHAR(5000)", "VARCHAR(250)"),
+        ("TEXT", "VARCHAR(250)"),
+        ("VARCHAR", "VARCHAR(250)"),
+        ("INTEGER", "BIGINT"),
+        ("NUMERIC(10, 2)", "NUMERIC(12, 3)"),
+        ("NUMERIC", "NUMERIC(10, 2)"),
+        ("NUMERIC(10, 2)", "NUMERIC(8, 2)"),
+        ("VARCHAR(10)", 'VARCHAR(20) COLLATE "C"'),
+        (None, "VARCHAR(5000)"),
+    ],
+)
+def test_type_changes_that_rewrite_or_narrow_are_contract(old: str | None, new: str) -> None:
+    assert type_change_phase(old, new) is Phase.CONTRACT
+
+
+def test_a_using_clause_makes_any_type_change_contract() -> None:
+    assert type_change_phase("BOOLEAN", "BOOLEAN", has_using=True) is Phase.CONTRACT
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("ALTER TABLE t ALTER COLUMN c TYPE VARCHAR(5000)", True),
+        ("ALTER TABLE public.t ALTER c SET DATA TYPE text", True),
+        ("ALTER TABLE t ALTER COLUMN a TYPE text, ALTER COLUMN b TYPE text", True),
+        ("ALTER TABLE t ALTER COLUMN c TYPE text, DROP COLUMN d", False),
+        ("ALTER TABLE t RENAME type TO kind", False),
+        ("ALTER TABLE t ALTER COLUMN type SET NOT NULL", False),
+        ("ALTER TABLE ALL IN TABLESPACE a SET TABLESPACE b", False),
+        ("CREATE TABLE t (c text)", False),
+    ],
+)
+def test_is_type_change(sql: str, expected: bool) -> None:
+    assert is_type_change(sql) is expected
+
+
+def test_unknown_is_the_most_restrictive_phase_and_waits_for_promotion() -> None:
+    assert most_restrictive([Phase.DATA, Phase.UNKNOWN, Phase.CONTRACT, None]) is Phase.UNKNOWN
+    assert most_restrictive([None]) is Phase.EXPAND
+    assert [p for p in Phase if p.runs_before_promotion] == [Phase.EXPAND, Phase.DATA]
+
+
+def test_unknown_cannot_be_declared() -> None:
+    with pytest.raises(ConfigError, match="expected one of expand, contract, data"):
+        resolve_phase(Phase.EXPAND, "unknown")
+    with pytest.raises(ConfigError):
+        resolve_phase(Phase.EXPAND, Phase.UNKNOWN)

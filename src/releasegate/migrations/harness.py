@@ -9,21 +9,27 @@ On a scratch database created (and dropped) on the configured server:
 3. everything is downgraded again, as far as declared-irreversible revisions allow;
    at base the schema must be empty (no trace left).
 
-Revisions whose ``downgrade()`` raises ``NotImplementedError`` are reported as
-irreversible; one whose downgrade runs but leaves a trace is a failure.
+A ``migrations.baseline`` hook first prepares the empty scratch database, for chains
+whose first revision expects tables made outside Alembic; "nothing left" then means
+"what the baseline made".
+
+Revisions whose ``downgrade()`` raises ``NotImplementedError``, or that
+``migrations.irreversible`` names, are reported as irreversible; one whose downgrade runs
+but leaves a trace is a failure, and so is a ``downgrade()`` that does nothing (``pass``).
+With ``keep_going``, a failed step is stamped past so that every revision is tried.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
@@ -31,8 +37,23 @@ from releasegate import db
 from releasegate.config import Settings
 from releasegate.errors import ConfigError, MigrationScriptError
 from releasegate.migrations.commands import multiple_heads_problem
+from releasegate.migrations.drift import drift
 from releasegate.migrations.project import AlembicProject, Revision, sqlalchemy_connection
 from releasegate.migrations.schema import SchemaSnapshot, diff, snapshot
+from releasegate.migrations.sqltext import split_statements
+from releasegate.output import table
+
+__all__ = [
+    "HarnessReport",
+    "RevisionCheck",
+    "drift",
+    "load_baseline",
+    "load_metadata",
+    "render_text",
+    "run_test",
+]
+
+NOOP_DOWN = "no-op (leaves trace)"
 
 
 @dataclass
@@ -42,7 +63,7 @@ class RevisionCheck:
     revision: str
     doc: str
     up: str = "not run"  # ok | failed
-    down: str = "not run"  # ok | irreversible | failed | leaves trace
+    down: str = "not run"  # ok | irreversible | failed | leaves trace | no-op (leaves trace)
     reup: str = "not run"  # ok | differs | failed
     up_ms: float = 0.0
     down_ms: float = 0.0
@@ -62,6 +83,7 @@ class HarnessReport:
     drift: list[str] | None = None  # None: not checked (no metadata, or stopped early)
     lowest_reached: str | None = None  # None: the final downgrade did not run
     stopped_at: str | None = None  # the revision where the stairway had to stop
+    stamped: list[str] = field(default_factory=list)  # failed steps keep_going stamped past
     final_differences: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duration_s: float = 0.0
@@ -83,6 +105,7 @@ class HarnessReport:
             "drift": self.drift,
             "lowest_reached": self.lowest_reached,
             "stopped_at": self.stopped_at,
+            "stamped": self.stamped,
             "final_differences": self.final_differences,
             "problems": self.problems,
             "duration_s": round(self.duration_s, 3),
@@ -103,15 +126,57 @@ def load_metadata(reference: str) -> MetaData:
     return target
 
 
-def drift(connection: Connection, metadata: MetaData) -> list[str]:
-    """Differences between the database and the metadata, as autogenerate sees them."""
-    context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "compare_server_default": True}
-    )
+Baseline = Callable[[Connection], None]
+
+
+def load_baseline(settings: Settings) -> Baseline | None:
+    """The ``migrations.baseline`` hook: a SQL file, or ``package.module:function``.
+
+    The function is called with a SQLAlchemy connection to the empty scratch database;
+    what it leaves open is committed. Loaded before any database is touched.
+    """
+    reference = settings.raw.migrations.baseline
+    if reference is None:
+        return None
+    if re.fullmatch(r"[\w.]+:[\w.]+", reference):
+        module_name, _, attribute = reference.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"migrations.baseline {reference!r} cannot be imported: {db.first_line(exc)}"
+            ) from None
+        if not callable(target):
+            raise ConfigError(f"migrations.baseline {reference!r} is not a function")
+        function: Baseline = target
+        return function
+    path = settings.resolve_path(Path(reference))
     try:
-        return [str(d) for d in compare_metadata(context, metadata)]
-    finally:
+        script = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"migrations.baseline {reference!r} cannot be read: {exc}") from None
+    statements = [statement.text for statement in split_statements(script)]
+
+    def run_script(connection: Connection) -> None:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+
+    return run_script
+
+
+def _apply_baseline(baseline: Baseline, connection: Connection, reference: str) -> None:
+    try:
+        baseline(connection)
+        if connection.in_transaction():
+            connection.commit()
+    except Exception as exc:
         connection.rollback()
+        raise MigrationScriptError(
+            f"migrations.baseline {reference!r} failed on the scratch database:"
+            f" {type(exc).__name__}: {db.first_line(exc)}"
+        ) from None
 
 
 def _describe(differences: list[Any]) -> list[str]:
@@ -126,12 +191,15 @@ class _Stairway:
         snap: Callable[[], SchemaSnapshot],
         report: HarnessReport,
         progress: Callable[[str], None],
+        keep_going: bool = False,
     ) -> None:
         self.project = project
         self.conn = conn
         self.snap = snap
         self.report = report
         self.progress = progress
+        self.keep_going = keep_going
+        self.base = snap()
         self.after: dict[str, SchemaSnapshot] = {}
 
     def _timed(self, action: Callable[[], None]) -> tuple[float, BaseException | None]:
@@ -144,9 +212,21 @@ class _Stairway:
             error = exc
         return (time.monotonic() - started) * 1000, error
 
+    def _carry_on(self, rev: Revision, check: RevisionCheck) -> bool:
+        """After a failed step: stamp ``rev`` and go on (keep_going), or stop here."""
+        if self.keep_going:
+            _, error = self._timed(partial(self.project.stamp, self.conn, rev))
+            if error is None:
+                self.report.stamped.append(rev.id)
+                check.details.append(f"stamped {rev.id} to go on")
+                return True
+            check.details.append(f"cannot stamp {rev.id}: {db.first_line(error)}")
+        self.report.stopped_at = rev.id
+        return False
+
     def run(self, path: list[Revision]) -> bool:
-        """The stairway; False when an upgrade failed and the chain cannot go on."""
-        before = self.snap()
+        """The stairway; False when a failed step stopped it (the chain cannot go on)."""
+        before = self.base
         for rev in path:
             check = RevisionCheck(rev.id, rev.doc)
             self.report.revisions.append(check)
@@ -155,22 +235,35 @@ class _Stairway:
                 check.up = "failed"
                 check.details.append(f"upgrade failed: {db.first_line(error)}")
                 self.report.problems.append(f"{rev.id}: upgrade failed: {db.first_line(error)}")
-                self.report.stopped_at = rev.id
-                return False
+                self.progress(f"{rev.id}: up failed")
+                if not self._carry_on(rev, check):
+                    return False
+                self.after[rev.id] = before = self.snap()
+                continue
             check.up = "ok"
             self.after[rev.id] = after = self.snap()
             self._down_and_up(rev, check, before, after)
             self.progress(f"{rev.id}: up {check.up}, down {check.down}, up again {check.reup}")
             if check.reup == "failed":
                 # The database is no longer at rev.id: the next revision cannot follow.
-                self.report.stopped_at = rev.id
-                return False
+                if not self._carry_on(rev, check):
+                    return False
+                self.after[rev.id] = after = self.snap()
             before = after
         return True
 
     def _down_and_up(
         self, rev: Revision, check: RevisionCheck, before: SchemaSnapshot, after: SchemaSnapshot
     ) -> None:
+        if rev.noop_downgrade and not rev.irreversible:
+            # Running it would only move alembic_version below work that stays.
+            check.down = NOOP_DOWN
+            check.details.append("downgrade() does nothing")
+            self.report.problems.append(
+                f"{rev.id}: downgrade() does nothing and leaves the upgrade's work: write a"
+                " downgrade, or name the revision in migrations.irreversible"
+            )
+            return
         check.down_ms, error = self._timed(lambda: self.project.downgrade_one(self.conn, rev))
         if isinstance(error, NotImplementedError):
             check.down = "irreversible"
@@ -207,6 +300,9 @@ class _Stairway:
         """Downgrade to base, or to the lowest revision irreversible ones allow; compare."""
         lowest: Revision | None = None
         for rev in reversed(path):
+            if rev.noop_downgrade and not rev.irreversible:
+                lowest = rev  # already reported by the stairway
+                break
             _, error = self._timed(partial(self.project.downgrade_one, self.conn, rev))
             if error:
                 lowest = rev
@@ -218,9 +314,8 @@ class _Stairway:
         now = self.snap()
         if lowest is None:
             self.report.lowest_reached = "base"
-            self.report.final_differences = (
-                [] if now.is_empty else sorted(key for key in now.objects if key != "schema public")
-            )
+            # At base, what the baseline made (if anything) is all there may be.
+            self.report.final_differences = [d.key for d in diff(self.base, now)]
             if self.report.final_differences:
                 self.report.problems.append(
                     "downgrade to base left a trace: " + ", ".join(self.report.final_differences)
@@ -234,8 +329,18 @@ class _Stairway:
             )
 
 
-def run_test(settings: Settings, *, progress: Callable[[str], None] | None = None) -> HarnessReport:
-    """Run the whole harness on a scratch database; see the module docstring."""
+def run_test(
+    settings: Settings,
+    *,
+    progress: Callable[[str], None] | None = None,
+    keep_going: bool = False,
+) -> HarnessReport:
+    """Run the whole harness on a scratch database; see the module docstring.
+
+    With ``keep_going``, a revision whose upgrade (or second upgrade) fails is stamped
+    and the stairway goes on, so the report has a row for every revision; drift and the
+    final downgrade are then not checked.
+    """
     started = time.monotonic()
     project = AlembicProject(settings)
     heads = project.heads()
@@ -246,6 +351,7 @@ def run_test(settings: Settings, *, progress: Callable[[str], None] | None = Non
         if settings.raw.migrations.metadata
         else None
     )
+    baseline = load_baseline(settings)
     url = settings.postgres_url()
     db.check_url(url, f"${settings.raw.postgres.url_env}")
     opts = settings.raw.migrations
@@ -267,11 +373,19 @@ def run_test(settings: Settings, *, progress: Callable[[str], None] | None = Non
             ) as conn,
             db.connect(scratch_url, "migrate test snapshot") as snap_conn,
         ):
+            if baseline is not None:
+                _apply_baseline(baseline, conn, str(opts.baseline))
+            project.require_shared_connection(conn)
             stairway = _Stairway(
-                project, conn, lambda: snapshot(snap_conn), report, progress or (lambda _: None)
+                project,
+                conn,
+                lambda: snapshot(snap_conn),
+                report,
+                progress or (lambda _: None),
+                keep_going,
             )
             path = project.upgrade_path((), "head") or []
-            if stairway.run(path):
+            if stairway.run(path) and not report.stamped:
                 if metadata is not None:
                     report.drift = drift(conn, metadata)
                     if report.drift:
@@ -282,3 +396,45 @@ def run_test(settings: Settings, *, progress: Callable[[str], None] | None = Non
                 stairway.down_all(path)
     report.duration_s = time.monotonic() - started
     return report
+
+
+def render_text(report: HarnessReport) -> str:
+    """The report as ``migrate test`` prints it: one row per revision, then the verdict."""
+    lines = [
+        "",
+        table(
+            ["revision", "up", "down", "up again", "up ms", "down ms", "note"],
+            [
+                (
+                    r.revision,
+                    r.up,
+                    r.down,
+                    r.reup,
+                    f"{r.up_ms:.0f}",
+                    f"{r.down_ms:.0f}",
+                    r.irreversible_reason or "; ".join(r.details),
+                )
+                for r in report.revisions
+            ],
+        ),
+    ]
+    if report.stopped_at is not None:
+        lines.append(
+            f"stairway stopped at {report.stopped_at}: drift and final downgrade not checked"
+            " (--keep-going tries every revision)"
+        )
+    elif report.stamped:
+        lines.append(
+            f"stamped past {', '.join(report.stamped)}: drift and final downgrade not checked"
+        )
+    elif report.drift is None:
+        lines.append("drift: not checked (set migrations.metadata)")
+    else:
+        lines.append(f"drift: {len(report.drift)} difference(s)")
+        lines += [f"  {item}" for item in report.drift]
+    lines.append(f"irreversible: {', '.join(report.irreversible) or 'none'}")
+    if report.lowest_reached is not None:
+        lines.append(f"downgraded to: {report.lowest_reached}")
+    lines += [f"problem: {problem}" for problem in report.problems]
+    lines.append(f"{'passed' if report.ok else 'FAILED'} in {report.duration_s:.1f}s")
+    return "\n".join(lines)

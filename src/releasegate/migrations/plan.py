@@ -5,7 +5,9 @@ statement is attributed to its revision. The SQL is what releasegate runs: it is
 preceded by the session's ``lock_timeout`` and ``statement_timeout``, and Alembic's own
 bookkeeping (``alembic_version``) is left out. Every statement is linted by squawk.
 A revision's phase (expand, contract, data) is derived from its statements unless the
-revision declares ``releasegate_phase``.
+revision declares ``releasegate_phase``. A revision that queries a live connection
+(``op.get_bind()``) cannot be rendered: it is listed without SQL, its phase ``unknown``
+unless declared, and the lint covers the others.
 """
 
 from __future__ import annotations
@@ -16,12 +18,24 @@ from typing import Any
 
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.errors import StateError
-from releasegate.migrations.commands import format_revisions, unknown_revision_problem
+from releasegate.errors import MigrationScriptError, StateError
+from releasegate.migrations.commands import (
+    format_revisions,
+    multiple_heads_problem,
+    unknown_revision_problem,
+)
 from releasegate.migrations.lint import FailOn, Finding, lint_sql, threshold_reached
-from releasegate.migrations.phases import Phase, classify_statement, derive_phase, resolve_phase
+from releasegate.migrations.phases import (
+    Phase,
+    classify_statement,
+    is_type_change,
+    most_restrictive,
+    resolve_phase,
+    type_change_phase,
+)
 from releasegate.migrations.project import (
     AlembicProject,
+    OfflineSql,
     Revision,
     current_revisions,
     sqlalchemy_connection,
@@ -52,10 +66,18 @@ class PlannedRevision:
     phase_declared: bool
     irreversible_reason: str | None
     statements: list[PlannedStatement]
+    # Why the SQL could not be rendered offline; None when it was.
+    sql_unavailable: str | None = None
+    noop_downgrade: bool = False
 
     @property
     def findings(self) -> list[Finding]:
         return [f for s in self.statements for f in s.findings]
+
+    @property
+    def runs_before_promotion(self) -> bool:
+        """Expand and data revisions; contract and unknown ones wait for finalize."""
+        return self.phase.runs_before_promotion
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,7 +85,10 @@ class PlannedRevision:
             "doc": self.doc,
             "phase": str(self.phase),
             "phase_source": "declared" if self.phase_declared else "derived",
+            "runs_before_promotion": self.runs_before_promotion,
             "irreversible": self.irreversible_reason,
+            "noop_downgrade": self.noop_downgrade,
+            "sql_unavailable": self.sql_unavailable,
             "statements": [s.to_dict() for s in self.statements],
         }
 
@@ -87,6 +112,11 @@ class MigrationPlan:
     def contract_revisions(self) -> list[str]:
         return [r.id for r in self.revisions if r.phase is Phase.CONTRACT]
 
+    @property
+    def unknown_revisions(self) -> list[str]:
+        """Revisions whose phase could not be derived (SQL unavailable offline)."""
+        return [r.id for r in self.revisions if r.phase is Phase.UNKNOWN]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
@@ -94,6 +124,7 @@ class MigrationPlan:
             "fail_on": str(self.fail_on),
             "lint_failed": self.lint_failed,
             "contract_revisions": self.contract_revisions,
+            "unknown_revisions": self.unknown_revisions,
             "revisions": [r.to_dict() for r in self.revisions],
         }
 
@@ -116,11 +147,40 @@ def session_preamble(settings: Settings) -> list[str]:
     ]
 
 
-def _statements_of(project: AlembicProject, rev: Revision, preamble: list[str]) -> list[str]:
-    statements = [s.text for s in split_statements(project.offline_sql(rev))]
+SQL_UNAVAILABLE = "SQL unavailable offline (needs a live connection)"
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A revision's statements (preamble first) and phase overrides, or why there are none."""
+
+    statements: list[str]
+    type_phases: dict[str, Phase]
+    unavailable: str | None = None
+
+
+def _type_phases(rendered: OfflineSql) -> dict[str, Phase]:
+    """Phases of the type changes ``alter_column`` rendered, keyed by statement text."""
+    phases: dict[str, Phase] = {}
+    for change in rendered.type_changes:
+        phase = type_change_phase(change.old_type, change.new_type, has_using=change.has_using)
+        for statement in split_statements(change.sql):
+            if is_type_change(statement.text):
+                # The same text twice must not pass for a widening if either is not one.
+                seen = phases.get(statement.text, phase)
+                phases[statement.text] = most_restrictive([seen, phase])
+    return phases
+
+
+def _render(project: AlembicProject, rev: Revision, preamble: list[str]) -> _Rendered:
+    try:
+        rendered = project.offline_sql(rev)
+    except Exception as exc:  # the revision's own code, run against a mock connection
+        return _Rendered([], {}, f"{SQL_UNAVAILABLE}: {type(exc).__name__}: {db.first_line(exc)}")
+    statements = [s.text for s in split_statements(rendered.text)]
     # Alembic's version bookkeeping is not the revision's work: leave it out of phases and lint.
     kept = [s for s in statements if not _is_bookkeeping(s)]
-    return preamble + kept
+    return _Rendered(preamble + kept, _type_phases(rendered))
 
 
 # Alembic's own statements on its version table, as rendered offline.
@@ -144,40 +204,57 @@ def build_plan(
     settings: Settings, project: AlembicProject, current: tuple[str, ...] | None, target: str | None
 ) -> MigrationPlan:
     """Plan the revisions from ``current`` to head (no database needed)."""
+    heads = project.heads()
+    if len(heads) > 1:
+        raise MigrationScriptError(multiple_heads_problem(heads))
     unknown = [r for r in current or () if not project.knows(r)]
     if unknown:
         raise StateError(unknown_revision_problem(unknown))
     lint_opts = settings.raw.lint
     path = project.upgrade_path(current or (), "heads") or []
     preamble = session_preamble(settings)
-    texts = {rev.id: _statements_of(project, rev, preamble) for rev in path}
+    rendered = {rev.id: _render(project, rev, preamble) for rev in path}
     findings = lint_sql(
-        {rev_id: ";\n".join(stmts) + ";\n" for rev_id, stmts in texts.items()},
+        {
+            rev_id: ";\n".join(r.statements) + ";\n"
+            for rev_id, r in rendered.items()
+            if r.unavailable is None
+        },
         exclude_rules=lint_opts.exclude_rules,
         pg_version=lint_opts.pg_version,
     )
     plan = MigrationPlan(target, current, fail_on=FailOn(lint_opts.fail_on))
     for rev in path:
-        stmts = texts[rev.id]
-        by_statement: dict[int, list[Finding]] = {}
-        for finding in findings.get(rev.id, []):
-            index = finding.statement_index if finding.statement_index is not None else 0
-            by_statement.setdefault(index, []).append(finding)
-        derived = derive_phase(stmts)
-        plan.revisions.append(
-            PlannedRevision(
-                id=rev.id,
-                doc=rev.doc,
-                phase=resolve_phase(derived, rev.phase_override),
-                phase_declared=rev.phase_override is not None,
-                irreversible_reason=rev.irreversible_reason,
-                statements=[
-                    PlannedStatement(sql, classify_statement(sql), by_statement.get(i, []))
-                    for i, sql in enumerate(stmts)
-                ],
-            )
-        )
+        plan.revisions.append(_planned(rev, rendered[rev.id], findings.get(rev.id, [])))
     return plan
+
+
+def _planned(rev: Revision, rendered: _Rendered, findings: list[Finding]) -> PlannedRevision:
+    by_statement: dict[int, list[Finding]] = {}
+    for finding in findings:
+        index = finding.statement_index if finding.statement_index is not None else 0
+        by_statement.setdefault(index, []).append(finding)
+    statements = [
+        PlannedStatement(
+            sql, rendered.type_phases.get(sql) or classify_statement(sql), by_statement.get(i, [])
+        )
+        for i, sql in enumerate(rendered.statements)
+    ]
+    derived = (
+        Phase.UNKNOWN
+        if rendered.unavailable
+        else most_restrictive(stmt.phase for stmt in statements)
+    )
+    return PlannedRevision(
+        id=rev.id,
+        doc=rev.doc,
+        phase=resolve_phase(derived, rev.phase_override),
+        phase_declared=rev.phase_override is not None,
+        irreversible_reason=rev.irreversible_reason,
+        statements=statements,
+        sql_unavailable=rendered.unavailable,
+        noop_downgrade=rev.noop_downgrade and not rev.irreversible,
+    )
 
 
 def plan(settings: Settings, from_revision: str | None = None) -> MigrationPlan:
@@ -205,10 +282,14 @@ def plan(settings: Settings, from_revision: str | None = None) -> MigrationPlan:
 # -- rendering ----------------------------------------------------------------------------
 
 
+NOOP_DOWNGRADE = "no-op downgrade (leaves trace)"
+
+
 def _revision_heading(rev: PlannedRevision) -> str:
     source = "declared" if rev.phase_declared else "derived"
     irreversible = "  IRREVERSIBLE" if rev.irreversible_reason else ""
-    return f"{rev.id}  [{rev.phase} ({source})]{irreversible}  {rev.doc}"
+    noop = "  NO-OP DOWNGRADE" if rev.noop_downgrade else ""
+    return f"{rev.id}  [{rev.phase} ({source})]{irreversible}{noop}  {rev.doc}"
 
 
 def render_text(plan: MigrationPlan) -> str:
@@ -217,6 +298,10 @@ def render_text(plan: MigrationPlan) -> str:
         lines += ["", _revision_heading(rev)]
         if rev.irreversible_reason:
             lines.append(f"  irreversible: {rev.irreversible_reason}")
+        if rev.noop_downgrade:
+            lines.append(f"  {NOOP_DOWNGRADE}: downgrade() does nothing")
+        if rev.sql_unavailable:
+            lines.append(f"  {rev.sql_unavailable}")
         for stmt in rev.statements:
             lines.append("  " + stmt.sql.replace("\n", "\n  ") + ";")
             lines += [f"    ^ {f.severity} {f.rule}: {f.message}" for f in stmt.findings]
@@ -226,6 +311,11 @@ def render_text(plan: MigrationPlan) -> str:
         lines.append(
             "contract revisions (cannot be rolled back automatically): "
             + ", ".join(plan.contract_revisions)
+        )
+    if plan.unknown_revisions:
+        lines.append(
+            "revisions of unknown phase (wait like contract ones; declare releasegate_phase): "
+            + ", ".join(plan.unknown_revisions)
         )
     return "\n".join(lines)
 
@@ -249,7 +339,7 @@ def render_markdown(plan: MigrationPlan) -> str:
                 (
                     f"`{r.id}`",
                     f"{r.phase}{' (declared)' if r.phase_declared else ''}",
-                    "yes" if r.irreversible_reason else "",
+                    "yes" if r.irreversible_reason else NOOP_DOWNGRADE if r.noop_downgrade else "",
                     len(r.findings),
                     r.doc,
                 )
@@ -258,9 +348,11 @@ def render_markdown(plan: MigrationPlan) -> str:
         ),
     ]
     for rev in plan.revisions:
-        lines += ["", f"<details><summary>{rev.id}: {rev.doc}</summary>", "", "```sql"]
-        lines += [stmt.sql + ";" for stmt in rev.statements]
-        lines += ["```", ""]
+        lines += ["", f"<details><summary>{rev.id}: {rev.doc}</summary>", ""]
+        if rev.sql_unavailable:
+            lines += [rev.sql_unavailable, ""]
+        else:
+            lines += ["```sql", *[stmt.sql + ";" for stmt in rev.statements], "```", ""]
         if rev.findings:
             lines.append(
                 markdown_table(
