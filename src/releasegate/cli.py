@@ -275,6 +275,8 @@ def _print_store_status(store: str, result: Any) -> None:
         _echo(f"  pending:  {len(pending)}" if pending else "  state:    up to date")
         for item in pending:
             _echo(f"    {item.get('version')}  {item.get('doc') or item.get('name') or ''}")
+        if data.get("expansion"):
+            _echo(f"  expanded: {data['expansion']['note']}")
     for problem in result.problems:
         _echo(f"  problem:  {problem}")
 

@@ -142,6 +142,9 @@ class RedisSection(Section):
     version_key: str = "releasegate:redis:version"
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     connect_timeout: Duration = 5.0
+    # Keys the service deletes freely (caches): a content comparison does not count them
+    # as missing or changed.
+    volatile_patterns: list[str] = Field(default_factory=list)
 
 
 class QdrantSection(Section):
@@ -164,6 +167,8 @@ class BackupSection(Section):
     jobs: int = Field(default=2, ge=1, le=64)
     keep: int = Field(default=5, ge=1)
     verify_sample: int = Field(default=32, ge=0)
+    # Per-row digests (postgres.rows.gz) in the dump's snapshot, for content comparisons.
+    fingerprints: bool = True
     # Preflight: free space must be at least the size estimate times this; 0 skips the check.
     free_space_factor: float = Field(default=1.0, ge=0)
 
@@ -320,6 +325,21 @@ class ReleaseSection(Section):
     watch_users: int = Field(default=5, ge=1)
     # Where JSON and Markdown evidence reports are written.
     report_dir: Path = Path(".releasegate/reports")
+    # Scopes whose items the live version updates in place ("redis:sess:*",
+    # "postgres:public.users", "qdrant:documents"): the rollback's verification reports a
+    # changed pre-release item there instead of failing. A missing one always fails.
+    live_updates: list[str] = Field(default_factory=list)
+
+    @field_validator("live_updates")
+    @classmethod
+    def _scoped(cls, value: list[str]) -> list[str]:
+        for item in value:
+            store, _, scope = item.partition(":")
+            if store not in ("postgres", "redis", "qdrant") or not scope:
+                raise ValueError(
+                    f"{item!r}: write STORE:SCOPE, e.g. 'redis:sess:*' or 'postgres:public.users'"
+                )
+        return value
 
 
 def _hook_command(value: object) -> list[str]:
