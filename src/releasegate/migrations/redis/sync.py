@@ -312,6 +312,10 @@ class Syncer:
         self.client = client
         self.batch_size = batch_size
         self.on_progress = on_progress
+        # Pipelined passes send EVALSHA themselves; other calls go through Script objects,
+        # which load the script again should the server have lost it (a restart).
+        self._read = client.register_script(_READ_LUA)
+        self._write = client.register_script(_WRITE_LUA)
         self.read_sha = str(client.script_load(_READ_LUA)).encode()
         self.write_sha = str(client.script_load(_WRITE_LUA)).encode()
         self._deleted = client.register_script(_DELETED_LUA)
@@ -354,39 +358,22 @@ class Syncer:
 
     def _keys(self, layout: Layout, stats: MoveStats, keys: list[bytes], flag: bytes) -> int:
         """Read, transform and write the given keys (one read, one write call)."""
-        reply = self.client.evalsha(
-            self.read_sha.decode(),
-            1 + len(keys),
-            layout.tracking,
-            *keys,
-            "keys",
-            0,
-            "",
-            0,
-            len(layout.prefix),
-            17 if layout.back else 1,
-        )
+        offset = 17 if layout.back else 1
+        args: list[Any] = ["keys", 0, "", 0, len(layout.prefix), offset]
+        reply = self._read(keys=[layout.tracking, *keys], args=args)
         stats.scanned += int(reply[2])
         stats.unchanged += int(reply[2])
-        pairs, args = self._transform(layout, stats, bytes(reply[1]))
+        pairs, values = self._transform(layout, stats, bytes(reply[1]))
         if not pairs:
             return 0
-        return self._apply(layout, stats, self._write_now(layout, pairs, args, flag), pairs)
-
-    def _write_now(
-        self, layout: Layout, pairs: list[bytes], values: list[bytes], flag: bytes
-    ) -> Any:
-        mode = "back" if layout.back else "copy"
-        return self.client.evalsha(
-            self.write_sha.decode(),
-            1 + len(pairs),
-            layout.tracking,
-            *pairs,
-            mode,
-            len(layout.prefix),
-            flag,
-            *values,
+        written = self._write(
+            keys=[layout.tracking, *pairs], args=self._write_args(layout, values, flag)
         )
+        return self._apply(layout, stats, written, pairs)
+
+    def _write_args(self, layout: Layout, values: list[bytes], flag: bytes) -> list[Any]:
+        mode = b"back" if layout.back else b"copy"
+        return [mode, b"%d" % len(layout.prefix), flag, *values]
 
     def _read_cmd(self, layout: Layout, cursor: bytes) -> bytes:
         return stores.pack_command(
@@ -408,8 +395,7 @@ class Syncer:
         self, layout: Layout, pairs: list[bytes], values: list[bytes], flag: bytes
     ) -> bytes:
         head = [b"EVALSHA", self.write_sha, b"%d" % (1 + len(pairs)), layout.tracking.encode()]
-        mode = b"back" if layout.back else b"copy"
-        return stores.pack_command([*head, *pairs, mode, b"%d" % len(layout.prefix), flag, *values])
+        return stores.pack_command([*head, *pairs, *self._write_args(layout, values, flag)])
 
     def _transform(
         self, layout: Layout, stats: MoveStats, blob: bytes

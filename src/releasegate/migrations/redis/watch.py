@@ -25,6 +25,8 @@ import uuid
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from releasegate.stores import redis as stores
 
@@ -53,7 +55,11 @@ class ChangeWatcher:
         self.prefix = f"__keyspace@{self.db}__:".encode()
         self.patterns = patterns
         self.barrier = f"releasegate:barrier:{uuid.uuid4().hex}".encode()
+        self.name = f"releasegate/change-watcher-{uuid.uuid4().hex[:12]}"
+        # No silent reconnection: writes made while it was away would be missed.
+        kwargs = {**kwargs, "client_name": self.name, "retry": Retry(NoBackoff(), 0)}
         self.client = redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+        self.client_id: int | None = None
         self.pubsub = self.client.pubsub()
         self.keys: set[bytes] = set()
         self.lock = threading.Lock()
@@ -74,7 +80,21 @@ class ChangeWatcher:
             if reply is None:
                 raise redis.ConnectionError("no subscription confirmation from Redis")
             confirmed += reply["type"] in ("subscribe", "psubscribe")
+        self.client_id = self._connection_id(self.client)
         self.thread.start()
+
+    def _connection_id(self, client: redis.Redis) -> int | None:
+        """The server's id of the subscribed connection (a new one after a reconnect)."""
+        try:
+            listing: Any = client.client_list(_type="pubsub")
+        except redis.RedisError:
+            return None
+        for entry in listing:
+            name = entry.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+            if name == self.name:
+                return int(entry["id"])
+        return None
 
     @property
     def alive(self) -> bool:
@@ -112,6 +132,13 @@ class ChangeWatcher:
             arrived = self.marked.wait_for(lambda: mark in self.marks or self.broken, timeout)
             if not arrived or self.broken:
                 return None
+        # Still the very connection that subscribed before the last pass, and still sent
+        # notifications: otherwise some writes may have gone unseen.
+        same = self.client_id is not None and self._connection_id(client) == self.client_id
+        if not same or not notifications_on(client):
+            self.broken = True
+            return None
+        with self.lock:
             self.marks.discard(mark)
             keys, self.keys = self.keys, set()
         return keys
