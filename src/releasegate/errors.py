@@ -62,8 +62,13 @@ class LockNotObtained(InfraError):
     """Another runner holds the release lock."""
 
 
-class Interrupted(ReleasegateError):
-    """A signal (Ctrl-C, SIGTERM) stopped the operation; what had committed is recorded."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped an operation after it closed its records; the message
+    says where it stopped.
+
+    A KeyboardInterrupt, not a :class:`ReleasegateError`: whoever cleans up after Ctrl-C
+    (the release pipeline rolls back) must not mistake it for an ordinary failed step.
+    """
 
     exit_code = ExitCode.INTERRUPTED
 

@@ -12,6 +12,7 @@ import pytest
 from releasegate import secrets
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA
+from releasegate.lock import release_lock
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +77,12 @@ def test_concurrent_first_use_creates_the_schema_once(pg_url: str) -> None:
     assert sorted(applied) == [0] * (runners - 1) + [LATEST_VERSION]
 
 
-def test_release_round_trip(ledger: Ledger) -> None:
-    release_id = ledger.start_release(
-        "notes", "migrate", "ci-runner", git_sha="abc123", alembic_before="0001"
-    )
-    running = ledger.release(release_id)
+def test_release_round_trip(ledger: Ledger, pg_url: str) -> None:
+    with release_lock(pg_url, "notes", "ledger test", wait=5):
+        release_id = ledger.start_release(
+            "notes", "migrate", "ci-runner", git_sha="abc123", alembic_before="0001"
+        )
+        running = ledger.release(release_id)
     assert running is not None
     assert running.outcome == "running"
     assert running.finished_at is None
@@ -208,3 +210,47 @@ def test_finish_without_summary_keeps_the_stored_one(ledger: Ledger) -> None:
     assert release is not None
     assert release.outcome == "succeeded"
     assert release.summary == {"direction": "up"}
+
+
+# -- rows whose runner is gone ----------------------------------------------------------
+
+
+def test_a_running_row_is_running_while_its_runner_holds_the_lock(
+    ledger: Ledger, pg_url: str
+) -> None:
+    with release_lock(pg_url, "notes", "ledger test", wait=5):
+        release_id = ledger.start_release("notes", "migrate", "runner-a")
+        assert [r.outcome for r in ledger.releases("notes")] == ["running"]
+        shown = ledger.release(release_id)
+        assert shown is not None and shown.outcome == "running"
+    # The runner is gone (its lock session closed) without closing the row.
+    [release] = ledger.releases("notes")
+    assert release.outcome == Outcome.INTERRUPTED == "interrupted"
+    shown = ledger.release(release_id)
+    assert shown is not None and shown.outcome == "interrupted"
+    # The table keeps "running": 'release --resume' finds the row by it.
+    row = ledger.conn.execute(
+        f"SELECT outcome FROM {LEDGER_SCHEMA}.releases WHERE id = %s", (release_id,)
+    ).fetchone()
+    assert row == ("running",)
+
+
+def test_a_running_row_older_than_the_lock_holder_is_interrupted(
+    ledger: Ledger, pg_url: str
+) -> None:
+    stale = ledger.start_release("notes", "migrate", "killed-runner")
+    with release_lock(pg_url, "notes", "ledger test", wait=5):
+        current = ledger.start_release("notes", "migrate", "runner-b")
+        outcomes = {r.id: r.outcome for r in ledger.releases("notes")}
+        # Another service's lock says nothing about this one.
+        other = ledger.start_release("notes-other", "migrate", "runner-c")
+        other_shown = ledger.release(other)
+    assert outcomes == {stale: "interrupted", current: "running"}
+    assert other_shown is not None and other_shown.outcome == "interrupted"
+
+
+def test_closed_rows_are_shown_as_stored(ledger: Ledger) -> None:
+    release_id = ledger.start_release("notes", "migrate", "runner")
+    ledger.finish_release(release_id, Outcome.ABORTED, {"error": "interrupted by SIGTERM"})
+    [release] = ledger.releases("notes")
+    assert release.outcome == "aborted"

@@ -63,3 +63,6 @@ def test_subclass_relationships_callers_rely_on() -> None:
     assert issubclass(MigrationScriptError, ConfigError)
     assert issubclass(MigrationFailed, CheckFailed)
     assert not issubclass(RollbackFailed, CheckFailed)
+    # An interrupt must pass through handlers of ordinary failures (a release's steps).
+    assert issubclass(Interrupted, KeyboardInterrupt)
+    assert not issubclass(Interrupted, Exception)

@@ -7,6 +7,7 @@ transaction never takes its ledger entries with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from psycopg.types.json import Jsonb
 
 from releasegate import db
 from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA, MIGRATIONS
+from releasegate.lock import LockHolder, find_holder
 from releasegate.secrets import redact
 
 # Transaction-scoped advisory lock key guarding the ledger's own schema migrations.
@@ -33,6 +35,9 @@ class Outcome(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     ROLLBACK_FAILED = "rollback_failed"
+    ABORTED = "aborted"  # stopped by a signal; the events say what had committed
+    # Shown, never stored: a "running" row whose runner no longer holds the release lock.
+    INTERRUPTED = "interrupted"
 
 
 class StepStatus(StrEnum):
@@ -259,7 +264,7 @@ class Ledger:
                 " ORDER BY id DESC LIMIT %(limit)s",
                 {"service": service, "limit": limit},
             )
-            rows = [Release(**row) for row in cur.fetchall()]
+            rows = self._as_shown([Release(**row) for row in cur.fetchall()])
         if with_events:
             rows = [Release(**{**r.__dict__, "events": self.events(r.id)}) for r in rows]
         return rows
@@ -270,7 +275,32 @@ class Ledger:
             row = cur.fetchone()
         if row is None:
             return None
-        return Release(**row, events=self.events(release_id))
+        [release] = self._as_shown([Release(**row, events=self.events(release_id))])
+        return release
+
+    def _as_shown(self, rows: list[Release]) -> list[Release]:
+        """``running`` rows whose runner is gone become ``interrupted``.
+
+        A runner holds the service's release lock (a session-level advisory lock, freed
+        by Postgres when its connection drops) from before it opens its row until after
+        it closes it. So a row is still running only while the lock is held by a session
+        that started before the row did; a killed runner's row stays ``running`` in the
+        table (``release --resume`` looks for it) but is shown as interrupted.
+        """
+        holders: dict[str, LockHolder | None] = {}
+        shown = []
+        for release in rows:
+            if release.outcome == Outcome.RUNNING:
+                if release.service not in holders:
+                    holders[release.service] = find_holder(self.conn, release.service)
+                holder = holders[release.service]
+                alive = holder is not None and (
+                    holder.since is None or holder.since <= release.started_at
+                )
+                if not alive:
+                    release = dataclasses.replace(release, outcome=str(Outcome.INTERRUPTED))
+            shown.append(release)
+        return shown
 
     def events(self, release_id: int) -> list[Event]:
         with self.conn.cursor(row_factory=dict_row) as cur:

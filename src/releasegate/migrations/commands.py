@@ -22,6 +22,7 @@ from releasegate import db
 from releasegate.config import Settings, format_duration
 from releasegate.errors import (
     ConfigError,
+    Interrupted,
     LockNotObtained,
     MigrationFailed,
     MigrationScriptError,
@@ -43,7 +44,6 @@ class DbState(StrEnum):
     UP_TO_DATE = "up_to_date"
     PENDING = "pending"
     UNKNOWN_REVISION = "unknown_revision"
-    MULTIPLE_HEADS = "multiple_heads"
 
 
 @dataclass(frozen=True)
@@ -104,22 +104,12 @@ def _status_from(
     if unknown:
         problems.append(unknown_revision_problem(unknown))
         return MigrationStatus(target, current, heads, [], DbState.UNKNOWN_REVISION, problems)
-    if len(heads) > 1:
-        # Never "up to date" while a head may be unapplied.
-        pending = project.unapplied(current or ())
-        return MigrationStatus(target, current, heads, pending, DbState.MULTIPLE_HEADS, problems)
     pending = project.upgrade_path(current or (), "heads") or []
     if current is None:
         state = DbState.NEVER_MIGRATED
     else:
         state = DbState.PENDING if pending else DbState.UP_TO_DATE
     return MigrationStatus(target, current, heads, pending, state, problems)
-
-
-def require_single_head(result: MigrationStatus) -> None:
-    """Raise the multiple-heads error (exit 2) of ``up``, ``plan`` and ``test`` for a status."""
-    if result.state is DbState.MULTIPLE_HEADS:
-        raise MigrationScriptError(multiple_heads_problem(result.heads))
 
 
 def status(settings: Settings) -> MigrationStatus:
@@ -188,6 +178,8 @@ def _is_lock_timeout(exc: BaseException) -> bool:
 
 def error_text(exc: BaseException) -> str:
     """``Type: first line`` of an error, the driver's own error for a SQLAlchemy wrapper."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the migration code called sys.exit({exc.code!r})"
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     return f"{type(exc).__name__}: {db.first_line(exc)}"
@@ -211,6 +203,7 @@ class _Migrator:
         self.ledger = ledger
         self.result = result
         self.on_step = on_step
+        self.in_flight: Revision | None = None  # the revision being applied, if any
 
     def run(self, path: list[Revision], lock: HeldLock) -> None:
         for rev in path:
@@ -237,18 +230,23 @@ class _Migrator:
         else:
             self.project.downgrade_one(self.conn, rev)
 
+    def _step(self, rev: Revision) -> str:
+        return f"{'upgrade' if self.result.direction is Direction.UP else 'downgrade'} {rev.id}"
+
     def _one(self, rev: Revision) -> None:
         opts = self.settings.raw.migrations
         direction = self.result.direction
-        step = f"{'upgrade' if direction is Direction.UP else 'downgrade'} {rev.id}"
+        step = self._step(rev)
         started = time.monotonic()
         attempt = 0
+        self.in_flight = rev
         while True:
             attempt += 1
             try:
                 self._apply(rev)
                 break
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit: env.py or a revision called sys.exit(); a failure like any other.
                 self.conn.rollback()
                 if _is_lock_timeout(exc) and attempt <= opts.lock_retries:
                     delay = opts.retry_backoff * 2 ** (attempt - 1)
@@ -264,33 +262,122 @@ class _Migrator:
                 self._fail(rev, step, exc, attempt, time.monotonic() - started)
         outcome = StepResult(rev.id, direction, StepStatus.OK, time.monotonic() - started, attempt)
         self._record(step, outcome, rev)
+        self.in_flight = None
 
-    def _record(self, step: str, outcome: StepResult, rev: Revision) -> None:
-        self.result.steps.append(outcome)
+    def _record(
+        self, step: str, outcome: StepResult, rev: Revision, *, note: str | None = None
+    ) -> None:
+        if not any(s.revision == rev.id and s.status == outcome.status for s in self.result.steps):
+            self.result.steps.append(outcome)
         self.ledger.record_event(
             self.result.release_id,
             step,
             outcome.status,
             outcome.duration_s,
             {"revision": rev.id, "doc": rev.doc, "attempts": outcome.attempts}
-            | ({"error": outcome.error} if outcome.error else {}),
+            | ({"error": outcome.error} if outcome.error else {})
+            | ({"note": note} if note else {}),
         )
-        if self.on_step:
+        if self.on_step and note is None:
             self.on_step(outcome)
 
-    def _fail(self, rev: Revision, step: str, exc: Exception, attempts: int, took: float) -> None:
+    def _applied_below(self, heads: tuple[str, ...] | None) -> set[str]:
+        """Every revision at or below ``heads``: what the database holds applied."""
+        return {rev.id for head in heads or () for rev in self.project.upgrade_path((), head) or []}
+
+    def _landed(self, rev: Revision, now: tuple[str, ...] | None) -> bool:
+        """Whether the step of ``rev`` committed, judged from the revisions ``now``."""
+        return (rev.id in self._applied_below(now)) == (self.result.direction is Direction.UP)
+
+    def _revisions_now(self) -> tuple[bool, tuple[str, ...] | None]:
+        """(known, revisions): re-read after an interruption, on a new session if need be."""
+        try:
+            self.conn.rollback()
+            return True, current_revisions(self.conn)
+        except Exception:  # the session was cut with the statement it ran
+            pass
+        try:
+            with sqlalchemy_connection(
+                self.settings.postgres_url(),
+                "migrate check",
+                connect_timeout=self.settings.raw.postgres.connect_timeout,
+            ) as conn:
+                return True, current_revisions(conn)
+        except Exception:
+            return False, None
+
+    def cut_short(self, path: list[Revision], exc: BaseException) -> BaseException | None:
+        """Close the ledger row of a run stopped by ``exc`` (a signal, sys.exit in a hook,
+        anything unforeseen) with what actually committed; the error to raise in its place.
+
+        Revisions that committed but have no ``ok`` event yet (the signal came between the
+        commit and the record) get one; the revision that was running gets a ``failed``
+        one. An interrupt closes the row ``aborted`` and becomes :class:`Interrupted`
+        (exit 130); ``None`` means: raise ``exc`` itself.
+        """
+        release_id = self.result.release_id
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        how = f"interrupted by {str(exc) or 'Ctrl-C'}" if interrupted else error_text(exc)
+        known, now = self._revisions_now()
+        if known:
+            self.result.after = now
+            recorded = {
+                e.detail.get("revision")
+                for e in self.ledger.events(release_id)
+                if e.status == StepStatus.OK
+            }
+            for rev in path:
+                if self._landed(rev, now) and rev.id not in recorded:
+                    outcome = StepResult(rev.id, self.result.direction, StepStatus.OK, 0.0)
+                    self._record(
+                        self._step(rev), outcome, rev, note=f"committed; recorded after: {how}"
+                    )
+                elif rev is self.in_flight and not self._landed(rev, now):
+                    outcome = StepResult(
+                        rev.id, self.result.direction, StepStatus.FAILED, 0.0, error=how
+                    )
+                    self._record(self._step(rev), outcome, rev, note="rolled back")
+        outcome_now = Outcome.ABORTED if interrupted else Outcome.FAILED
+        where = format_revisions(now) if known else "a revision that could not be read"
+        self.ledger.finish_release(
+            release_id,
+            outcome_now,
+            {
+                "error": how,
+                "revisions": [s.revision for s in self.result.steps if s.status is StepStatus.OK],
+            },
+            alembic_after=format_revisions(now) if known else None,
+        )
+        message = (
+            f"{how} during migrate {self.result.direction}: the database is at {where}"
+            f" (ledger release {release_id}, {outcome_now})"
+        )
+        if interrupted:
+            return Interrupted(message)
+        if isinstance(exc, SystemExit):
+            return MigrationFailed(message)
+        return None
+
+    def _fail(
+        self, rev: Revision, step: str, exc: BaseException, attempts: int, took: float
+    ) -> None:
         error = error_text(exc)
         if _is_lock_timeout(exc):
             lock_timeout = format_duration(self.settings.raw.migrations.lock_timeout)
             error = f"lock_timeout ({lock_timeout}) hit {attempts} times: {error}"
         elif isinstance(exc, NotImplementedError) and self.result.direction is Direction.DOWN:
             error = f"irreversible: {db.first_line(exc)}"
-        outcome = StepResult(
-            rev.id, self.result.direction, StepStatus.FAILED, took, attempts, error
-        )
-        self._record(step, outcome, rev)
         now = current_revisions(self.conn)
         self.result.after = now
+        direction = self.result.direction
+        if self._landed(rev, now):
+            # It committed before its code failed (e.g. env.py raising after the migration).
+            self._record(step, StepResult(rev.id, direction, StepStatus.OK, took, attempts), rev)
+            what = f"revision {rev.id} committed, then its code failed: {error}; the database is"
+        else:
+            outcome = StepResult(rev.id, direction, StepStatus.FAILED, took, attempts, error)
+            self._record(step, outcome, rev)
+            what = f"revision {rev.id} failed: {error}; the database stays"
         self.ledger.finish_release(
             self.result.release_id,
             Outcome.FAILED,
@@ -298,9 +385,8 @@ class _Migrator:
             alembic_after=format_revisions(now),
         )
         raise MigrationFailed(
-            f"revision {rev.id} failed: {error}; the database stays at {format_revisions(now)}"
-            f" (ledger release {self.result.release_id})"
-        ) from exc
+            f"{what} at {format_revisions(now)} (ledger release {self.result.release_id})"
+        ) from None
 
 
 def _migrate(
@@ -330,8 +416,6 @@ def _migrate(
         if unknown:
             raise StateError(unknown_revision_problem(unknown))
         path = choose_path(project, current or ())
-        if path:
-            project.require_shared_connection(conn)
         release_id = ledger.start_release(
             settings.service,
             "migrate",
@@ -343,18 +427,17 @@ def _migrate(
         ledger.record_event(
             release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
         )
+        migrator = _Migrator(settings, project, conn, ledger, result, on_step)
         try:
-            _Migrator(settings, project, conn, ledger, result, on_step).run(path, held)
+            migrator.run(path, held)
         except (MigrationFailed, LockNotObtained):
             raise  # already recorded with the revision that failed
         except BaseException as exc:
-            # Anything else (an interrupt, a failing callback): close the release honestly.
-            ledger.finish_release(
-                release_id,
-                Outcome.FAILED,
-                {"error": f"interrupted: {type(exc).__name__}: {db.first_line(exc)}"},
-            )
-            raise
+            # Anything else (Ctrl-C, SIGTERM, a failing callback): close the row honestly.
+            replacement = migrator.cut_short(path, exc)
+            if replacement is None:
+                raise
+            raise replacement from None
         result.after = current_revisions(conn)
         ledger.finish_release(
             release_id,
@@ -397,26 +480,21 @@ def up(
 
 
 def down(settings: Settings, to: str, *, on_step: StepCallback | None = None) -> MigrateResult:
-    """Undo revisions, newest first, down to ``to``: a revision id, ``base``, or ``-N``.
+    """Undo revisions, newest first, down to ``to`` (a revision id or ``base``).
 
-    ``-N`` undoes the newest N applied revisions, as ``alembic downgrade -N``. Same lock,
-    timeouts and ledger records as :func:`up`. An irreversible revision stops the
-    downgrade there with :class:`MigrationFailed`.
+    Same lock, timeouts and ledger records as :func:`up`. An irreversible revision stops
+    the downgrade there with :class:`MigrationFailed`.
     """
     project = AlembicProject(settings)
-    relative = to.startswith("-")
-    target = to if relative else project.resolve(to)
+    target = project.resolve(to)
     if target in ("head", "heads"):
         raise ConfigError("migrate down needs a revision below the current one, or 'base'")
 
     def path(proj: AlembicProject, current: tuple[str, ...]) -> list[Revision]:
-        goal = proj.relative_downgrade_target(current, to) if relative else target
-        if goal is None:
-            raise ConfigError(f"invalid target {to!r}: a relative target looks like -1 or -2")
-        steps = proj.downgrade_path(current, goal)
+        steps = proj.downgrade_path(current, target)
         if steps is None:
             raise ConfigError(
-                f"revision {goal} is not below the current revision"
+                f"revision {target} is not below the current revision"
                 f" {format_revisions(current)}: use 'migrate up'"
             )
         return steps
