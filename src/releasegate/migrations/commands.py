@@ -44,6 +44,7 @@ class DbState(StrEnum):
     UP_TO_DATE = "up_to_date"
     PENDING = "pending"
     UNKNOWN_REVISION = "unknown_revision"
+    MULTIPLE_HEADS = "multiple_heads"
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,22 @@ def _status_from(
     if unknown:
         problems.append(unknown_revision_problem(unknown))
         return MigrationStatus(target, current, heads, [], DbState.UNKNOWN_REVISION, problems)
+    if len(heads) > 1:
+        # Never "up to date" while a head may be unapplied.
+        pending = project.unapplied(current or ())
+        return MigrationStatus(target, current, heads, pending, DbState.MULTIPLE_HEADS, problems)
     pending = project.upgrade_path(current or (), "heads") or []
     if current is None:
         state = DbState.NEVER_MIGRATED
     else:
         state = DbState.PENDING if pending else DbState.UP_TO_DATE
     return MigrationStatus(target, current, heads, pending, state, problems)
+
+
+def require_single_head(result: MigrationStatus) -> None:
+    """Raise the multiple-heads error (exit 2) of ``up``, ``plan`` and ``test`` for a status."""
+    if result.state is DbState.MULTIPLE_HEADS:
+        raise MigrationScriptError(multiple_heads_problem(result.heads))
 
 
 def status(settings: Settings) -> MigrationStatus:
@@ -416,6 +427,8 @@ def _migrate(
         if unknown:
             raise StateError(unknown_revision_problem(unknown))
         path = choose_path(project, current or ())
+        if path:
+            project.require_shared_connection(conn)
         release_id = ledger.start_release(
             settings.service,
             "migrate",
@@ -480,21 +493,26 @@ def up(
 
 
 def down(settings: Settings, to: str, *, on_step: StepCallback | None = None) -> MigrateResult:
-    """Undo revisions, newest first, down to ``to`` (a revision id or ``base``).
+    """Undo revisions, newest first, down to ``to``: a revision id, ``base``, or ``-N``.
 
-    Same lock, timeouts and ledger records as :func:`up`. An irreversible revision stops
-    the downgrade there with :class:`MigrationFailed`.
+    ``-N`` undoes the newest N applied revisions, as ``alembic downgrade -N``. Same lock,
+    timeouts and ledger records as :func:`up`. An irreversible revision stops the
+    downgrade there with :class:`MigrationFailed`.
     """
     project = AlembicProject(settings)
-    target = project.resolve(to)
+    relative = to.startswith("-")
+    target = to if relative else project.resolve(to)
     if target in ("head", "heads"):
         raise ConfigError("migrate down needs a revision below the current one, or 'base'")
 
     def path(proj: AlembicProject, current: tuple[str, ...]) -> list[Revision]:
-        steps = proj.downgrade_path(current, target)
+        goal = proj.relative_downgrade_target(current, to) if relative else target
+        if goal is None:
+            raise ConfigError(f"invalid target {to!r}: a relative target looks like -1 or -2")
+        steps = proj.downgrade_path(current, goal)
         if steps is None:
             raise ConfigError(
-                f"revision {target} is not below the current revision"
+                f"revision {goal} is not below the current revision"
                 f" {format_revisions(current)}: use 'migrate up'"
             )
         return steps
