@@ -169,6 +169,8 @@ def test_expand_builds_v2_and_leaves_the_alias_on_v1(settings: Settings, qprojec
     state = expanded_state(settings)
     assert state is not None
     assert [m["version"] for m in state["expanded"]] == ["0001"] and state["switched"] == []
+    assert state["expanded"][0]["recorded"] == "qdrant expand 0001"
+    assert state["expanded"][0]["alias_target"] == "documents__v1"
 
     again = expand(settings)  # idempotent: nothing copied twice, nothing recorded
 

@@ -187,9 +187,25 @@ def compare_points(
 
 
 def point_hash(point: PointData) -> int:
-    """A 64-bit hash of a point's id, vectors and payload (its encoded form)."""
-    text = json.dumps(encode_point(point), sort_keys=True, separators=(",", ":"))
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    """A 64-bit hash of a point's id, vectors (as float32, what Qdrant stores) and payload."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{type(point.id).__name__}:{point.id}".encode())
+    vectors: dict[str, Any] = point.vector if isinstance(point.vector, dict) else {"": point.vector}
+    for name in sorted(vectors):
+        value = vectors[name]
+        digest.update(f"\0{name}\0".encode())
+        if isinstance(value, dict):  # sparse
+            digest.update(b"s" + np.asarray(value["indices"], dtype="<i8").tobytes())
+            digest.update(b"v" + np.asarray(value["values"], dtype="<f4").tobytes())
+        elif value and isinstance(value[0], list):  # multivector
+            for row in value:
+                digest.update(b"m" + np.asarray(row, dtype="<f4").tobytes())
+        else:
+            digest.update(b"d" + np.asarray(value, dtype="<f4").tobytes())
+    digest.update(
+        b"\0p" + json.dumps(point.payload, sort_keys=True, separators=(",", ":")).encode()
+    )
+    return int.from_bytes(digest.digest(), "little")
 
 
 def bucket_of(point_id: PointId, buckets: int) -> int:
@@ -220,11 +236,13 @@ class BucketDigest:
         if not self.sums:
             self.sums = [0] * self.buckets
 
-    def add(self, point: PointData, *, counted: bool = True) -> None:
-        """Add a point; ``counted=False`` when it replaces one already counted."""
+    def add(self, point: PointData, *, counted: bool = True) -> int:
+        """Add a point, returning its bucket; ``counted=False`` when it replaces one
+        already counted."""
         slot = bucket_of(point.id, self.buckets)
         self.sums[slot] = (self.sums[slot] + point_hash(point)) % _MOD
         self.points += counted
+        return slot
 
     def add_all(self, batch: Iterable[PointData]) -> None:
         for point in batch:
@@ -259,9 +277,12 @@ class BucketDigest:
         return cls(buckets, sums, int(data.get("points", 0)))
 
     @classmethod
-    def of(cls, store: QdrantStore, collection: str, buckets: int, batch_size: int) -> BucketDigest:
-        """The digest of a whole collection (one scroll with vectors and payload)."""
-        digest = cls(buckets)
+    def of(
+        cls, store: QdrantStore, collection: str, *, batch_size: int, buckets: int | None = None
+    ) -> BucketDigest:
+        """The digest of a whole collection (one scroll with vectors and payload); by
+        default with :func:`buckets_for` its number of points."""
+        digest = cls(buckets or buckets_for(store.count(collection)))
         for batch in store.scroll_batches(collection, batch_size):
             digest.add_all(batch)
         return digest

@@ -14,6 +14,7 @@ transform (switch), new -> old with its ``down_transform`` (undo after promotion
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from releasegate.migrations.qdrant.loading import Transform, VerificationFailed
@@ -74,14 +75,19 @@ def reconcile(
     """Make ``target`` hold ``transform(p)`` for every point ``p`` of ``source`` again.
 
     Only the buckets whose points changed since ``since`` (all of them without it) are
-    looked at. Costs one scroll of ``source`` with vectors to find them (none without
-    ``since``), and for changed buckets a second one plus an id scroll of ``target``.
+    looked at. With ``since``: one scroll of ``source`` with vectors to find them (holding
+    its ids in memory), then the points of the changed buckets fetched by id, and an id
+    scroll of ``target`` for deletions. Without: every point is transformed and compared.
     """
+    ids: dict[int, list[PointId]] = {}  # bucket -> the source ids seen in it (pass 1)
     if since is None:
         now = BucketDigest(buckets_for(store.count(source)))
         dirty = set(range(now.buckets))
     else:
-        now = BucketDigest.of(store, source, since.buckets, batch_size)
+        now = BucketDigest(since.buckets)
+        for batch in store.scroll_batches(source, batch_size):
+            for point in batch:
+                ids.setdefault(now.add(point), []).append(point.id)
         dirty = since.dirty(now)
     if not dirty:
         return CatchUp(now, 0)
@@ -97,12 +103,11 @@ def reconcile(
         if bucket_of(p.id, buckets) in dirty
     }
     created = updated = 0
-    for batch in store.scroll_batches(source, batch_size):
-        chosen = [p for p in batch if bucket_of(p.id, buckets) in dirty]
-        if not chosen:
-            continue
+    # Fetching by id beats a second scroll while few buckets changed.
+    scan = since is None or len(dirty) * 2 > buckets
+    for chosen in _dirty_points(store, source, ids, dirty, buckets, batch_size, scan=scan):
         for point in chosen:
-            now.add(point, counted=since is None)  # a full scan counted the others already
+            now.add(point, counted=since is None)  # pass 1 counted the others already
         expected = [apply_transform(transform, p) for p in chosen]
         current = store.retrieve(target, [p.id for p in expected])
         writes = [e for e in expected if compare_points(e, current.get(e.id), spec) is not None]
@@ -112,3 +117,32 @@ def reconcile(
         stale.difference_update(p.id for p in chosen)
     delete_points(store, target, sorted(stale, key=str))
     return CatchUp(now, len(dirty), created, updated, len(stale))
+
+
+def _dirty_points(
+    store: QdrantStore,
+    source: str,
+    ids: dict[int, list[PointId]],
+    dirty: set[int],
+    buckets: int,
+    batch_size: int,
+    *,
+    scan: bool,
+) -> Iterator[list[PointData]]:
+    """The source points of the dirty buckets, a batch at a time, as they are now.
+
+    ``scan``: scroll the whole source again; else fetch the ids pass 1 saw there. A point
+    created in a dirty bucket after pass 1 is then left to the next catch-up, whose
+    digest will differ there.
+    """
+    if scan:
+        for batch in store.scroll_batches(source, batch_size):
+            chosen = [p for p in batch if bucket_of(p.id, buckets) in dirty]
+            if chosen:
+                yield chosen
+        return
+    wanted = [point_id for slot in sorted(dirty) for point_id in ids.get(slot, [])]
+    for start in range(0, len(wanted), batch_size):
+        found = store.retrieve(source, wanted[start : start + batch_size])
+        if found:
+            yield list(found.values())

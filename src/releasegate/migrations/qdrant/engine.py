@@ -40,7 +40,7 @@ from releasegate.migrations.qdrant.loading import (
 )
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores.qdrant import QdrantStore, first_line, using
-from releasegate.stores.qdrant_points import BucketDigest, buckets_for
+from releasegate.stores.qdrant_points import BucketDigest
 
 
 class Direction(StrEnum):
@@ -260,8 +260,7 @@ class Runner:
                 return self._ok(m, kind, time.monotonic() - started, ctx, m.old)
             if mode is Mode.SWITCH:
                 ctx.phase = "digest"  # what carrying writes back after promotion starts from
-                buckets = buckets_for(self.store.count(m.new))
-                new_digest = BucketDigest.of(self.store, m.new, buckets, self.section.batch_size)
+                new_digest = BucketDigest.of(self.store, m.new, batch_size=self.section.batch_size)
                 ctx.report["new_digest"] = new_digest.to_data()
             ctx.phase = "swap"
             self.lock.ensure_held()  # the swap is the commit point: only under the lock

@@ -61,6 +61,7 @@ from releasegate.migrations.qdrant.engine import (
     lifecycle,
     locked,
     recorded_digest,
+    step_name,
 )
 from releasegate.migrations.qdrant.loading import (
     QdrantMigration,
@@ -70,7 +71,7 @@ from releasegate.migrations.qdrant.loading import (
     load_migrations,
 )
 from releasegate.stores.qdrant import QdrantStore, open_store
-from releasegate.stores.qdrant_points import BucketDigest, buckets_for
+from releasegate.stores.qdrant_points import BucketDigest
 
 
 @dataclass
@@ -173,8 +174,9 @@ def expand_problems(settings: Settings) -> list[str]:
 def expanded_state(settings: Settings) -> dict[str, Any] | None:
     """Migrations expanded but not switched, and switched with the old collection kept.
 
-    ``{"expanded": [MIGRATION, ...], "switched": [...]}`` (each ``to_dict()`` of the
-    migration plus ``"digest_points"``), or None when neither. Reads Qdrant and the ledger.
+    ``{"expanded": [MIGRATION, ...], "switched": [...]}``: each the migration's
+    ``to_dict()`` plus ``alias_target`` and ``recorded`` (the ledger step that says so),
+    or None when neither. Reads Qdrant and the ledger, without the lock.
     """
     migrations = load_migrations(settings)
     with open_store(settings) as store, Ledger.open(settings.postgres_url()) as ledger:
@@ -182,12 +184,11 @@ def expanded_state(settings: Settings) -> dict[str, Any] | None:
     state: dict[str, list[dict[str, Any]]] = {"expanded": [], "switched": []}
     for place in places:
         key = "expanded" if place.expanded else "switched" if place.switched else None
-        if key is None:
-            continue
-        digest = (place.last.detail if place.last else {}).get(
-            "new_digest" if _is(place.last, SWITCH) else "digest", {}
-        )
-        state[key].append({**place.m.to_dict(), "digest_points": digest.get("points")})
+        if key is not None and place.last is not None:
+            recorded = step_name(place.last.kind, place.m.version)
+            state[key].append(
+                {**place.m.to_dict(), "alias_target": place.alias, "recorded": recorded}
+            )
     return state if any(state.values()) else None
 
 
@@ -285,9 +286,7 @@ def switch(settings: Settings) -> PhaseResult:
 
 def _record_switch(runner: Runner, m: QdrantMigration) -> None:
     started = time.monotonic()
-    digest = BucketDigest.of(
-        runner.store, m.new, buckets_for(runner.store.count(m.new)), runner.section.batch_size
-    )
+    digest = BucketDigest.of(runner.store, m.new, batch_size=runner.section.batch_size)
     runner.event(
         m,
         SWITCH,
