@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from releasegate import __version__
-from releasegate.errors import ExitCode
+from releasegate.errors import ExitCode, Interrupted
 
 if TYPE_CHECKING:
     from releasegate.config import Settings
@@ -81,8 +81,22 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Interruption(Exception):
+    """Carries a KeyboardInterrupt past click, which would print a blank line and Abort."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__(str(interrupt))
+        self.interrupt = interrupt
+
+
 class LazyGroup(click.Group):
     """A click group that imports the modules of :data:`LAZY_COMMANDS` on first use."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interruption(exc) from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -441,8 +455,11 @@ def _interrupt_on_sigterm(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _interruption(exc: KeyboardInterrupt) -> str:
-    how = str(exc) or "Ctrl-C"
+def _interruption(exc: BaseException) -> str:
+    interrupt = exc.interrupt if isinstance(exc, _Interruption) else exc
+    if isinstance(interrupt, Interrupted):
+        return str(interrupt)  # the operation closed its records and says where it stopped
+    how = str(interrupt) or "Ctrl-C"
     return f"interrupted by {how}: see 'releasegate history' for what was recorded"
 
 
@@ -476,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Abort:
         _echo("error: aborted", err=True)
         code = int(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, _Interruption) as exc:
         _echo(f"error: {_interruption(exc)}", err=True)
         code = int(ExitCode.INTERRUPTED)
     except SystemExit as exc:
