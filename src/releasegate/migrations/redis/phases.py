@@ -40,16 +40,16 @@ tracking costs about 100 bytes per key until the contract; releasegate never cha
 the server's configuration.
 
 **What a concurrent writer can still race.** Every write is a compare-and-set on the
-value and expiry the new value was computed from, so a stale value never overwrites a
-newer one, and a crash at any point is resumed by running the same phase again: keys
-already in step have equal digests and are skipped, so nothing is written twice. A
-write the old version makes after a catch-up has passed its key waits for the next
-catch-up (the one after the switch, or the contract's). When both versions change the
-same key between two catch-ups, the old version's write wins at a catch-up (before the
-switch it is the truth) and is counted in ``conflicts``; at the contract and in a
-carry-back the new version's write wins. An old key that expires is dropped from the
-new layout too (its twin has the same expiry), but its tracking entry lingers until a
-full scan or the contract.
+value the new value was computed from, so a stale value never overwrites a newer one,
+and a crash at any point is resumed by running the same phase again: keys already in
+step have equal digests and are skipped, so nothing is written twice. A write the old
+version makes after a catch-up has passed its key waits for the next catch-up (the one
+after the switch, or the contract's). When both versions change the same key between two
+catch-ups, the old version's write wins at a catch-up (before the switch it is the
+truth) and is counted in ``conflicts``; at the contract and in a carry-back the new
+version's write wins. An old key that expires is dropped from the new layout too (its
+twin has the same expiry), but its tracking entry lingers until a full scan or the
+contract.
 
 Every phase holds the release lock (or the one a release shares, see
 :func:`releasegate.lock.shared`) and records a ledger release of kind ``migrate`` with

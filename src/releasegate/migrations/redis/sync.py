@@ -7,10 +7,11 @@ pass recomputes ``d`` server-side for every key of a layout and hands to Python 
 keys whose digest differs from the recorded one (created, changed, TTL changed), so its
 cost is one server-side read of each key plus the work on the changed ones only.
 Deletions are found by walking the tracking hash (``HSCAN``) and checking which old keys
-are gone. Writes are compare-and-set on the value and expiry Python computed the new value
-from: a key changed in between is read again and retried, never overwritten with a stale
-value. A pass may also take only the keys given (those a :mod:`.watch` watcher saw
-written). Copies keep the absolute expiry (``SET ... PXAT``): both twins expire together.
+are gone. Writes are compare-and-set on the value Python computed the new value from: a
+key changed in between is read again and retried, never overwritten with a stale value
+(an expiry changed in between makes the digests differ: the next pass fixes the twin). A
+pass may also take only the keys given (those a :mod:`.watch` watcher saw written).
+Copies keep the absolute expiry (``SET ... PXAT``): both twins expire together.
 
 Two Lua calls stay in flight on a connection of their own (read page *k+1* while Python
 transforms page *k* and Redis writes page *k-1*), as in the migration helpers.
@@ -72,8 +73,8 @@ end
 # KEYS: tracking hash, then the keys in 'keys' mode. ARGV: mode ('scan'/'keys'), cursor,
 # match, count, prefix length, offset (1: old half, 17: new half).
 # Returns {next cursor, records, unchanged}; a record is (key length u32, value length i32:
-# -1 gone, -2 not a string, expiry length u32; key; value; expiry time as text); gone and
-# other keys have only their key.
+# -1 gone, -2 not a string, expiry length u32, tracking length u32; key; value; expiry
+# time as text; tracking field or nothing); gone and other keys have only their key.
 _READ_LUA = (
     _DIGEST
     + """
@@ -97,23 +98,27 @@ for i, key in ipairs(keys) do
     if tracked[i] and string.sub(tracked[i], off, off + 15) == digest(value, at) then
       unchanged = unchanged + 1
     else
-      parts[#parts + 1] = struct.pack('>I4i4I4', #key, #value, #at) .. key .. value .. at
+      local t = tracked[i] or ''
+      parts[#parts + 1] = struct.pack('>I4i4I4I4', #key, #value, #at, #t) .. key .. value .. at .. t
     end
   else
     local gone = redis.call('EXISTS', key) == 0
-    parts[#parts + 1] = struct.pack('>I4i4I4', #key, gone and -1 or -2, 0) .. key
+    parts[#parts + 1] = struct.pack('>I4i4I4I4', #key, gone and -1 or -2, 0, 0) .. key
   end
 end
 return {cursor, table.concat(parts), unchanged}
 """
 )
 
-# Lua: write one page of transformed values, compare-and-set on the source value and expiry
-# the new values were computed from. KEYS: tracking hash, then (source, target) pairs.
+# Lua: write one page of transformed values, compare-and-set on the source value the new
+# values were computed from (an expiry changed meanwhile gives a digest that differs, so
+# the next pass writes that key again). KEYS: tracking hash, then (source, target) pairs.
 # ARGV: mode ('copy': keep the source and record the pair; 'back': delete the source and
 # its record), prefix length of the sources, prefer-target flag ('1': leave a target
-# someone else changed), then per pair: expected source value, its expiry time as text,
-# the record (source digest + target digest, 32 bytes), new value.
+# someone else changed), then per pair: expected source value, its expiry time (ms, -1:
+# none), the record to keep (source digest + target digest), new value, and the digest
+# the target had when this pass last wrote it ('': not tracked). Only the phases, under
+# the release lock, write tracking hashes: what the read saw of them still holds.
 # Returns {new, changed, gone, conflicts, raced indexes, left alone}.
 _WRITE_LUA = (
     _DIGEST
@@ -123,23 +128,21 @@ local function set_get(key, value, at)
   return redis.call('SET', key, value, 'GET')
 end
 local mode, plen, prefer = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local dst_off = mode == 'back' and 1 or 17
 local n = (#KEYS - 1) / 2
 local sources, suffixes = {}, {}
 for i = 1, n do
   sources[i] = KEYS[2 * i]
   suffixes[i] = string.sub(sources[i], plen + 1)
 end
-local currents, records = mget(sources), mget(suffixes, KEYS[1])
+local currents = mget(sources)
 local new, changed, gone, conflicts, left = 0, 0, 0, 0, 0
 local raced, hset, hdel = {}, {}, {}
 for i = 1, n do
-  local src, dst, a = sources[i], KEYS[2 * i + 1], 4 * i
-  local current, tracked = currents[i], records[i]
-  local at = current and redis.call('PEXPIRETIME', src)
+  local src, dst, a = sources[i], KEYS[2 * i + 1], 5 * i - 1
+  local current, tracked, at = currents[i], ARGV[a + 4] ~= '', tonumber(ARGV[a + 1])
   if not current then
     gone = gone + 1
-  elseif current ~= ARGV[a] or tostring(at) ~= ARGV[a + 1] then
+  elseif current ~= ARGV[a] then
     raced[#raced + 1] = i
   else
     -- Was the target changed by someone else since this pass last wrote it? Untracked
@@ -148,7 +151,7 @@ for i = 1, n do
     if tracked then
       local now = redis.pcall('GET', dst)
       if type(now) == 'string' then
-        touched = string.sub(tracked, dst_off, dst_off + 15) ~= digest_of(now, dst)
+        touched = ARGV[a + 4] ~= digest_of(now, dst)
       else
         touched = redis.call('EXISTS', dst) == 1
       end
@@ -269,7 +272,7 @@ return {page[1], removed, old_deleted, conflicts, changed}
 """
 )
 
-_HEAD = struct.Struct(">IiI")
+_HEAD = struct.Struct(">IiII")
 _DECODE = json.JSONDecoder().decode
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -401,7 +404,8 @@ class Syncer:
         self, layout: Layout, stats: MoveStats, blob: bytes
     ) -> tuple[list[bytes], list[bytes]]:
         """(source/target pairs, write arguments) of one page's records: per pair the
-        source value and expiry it was computed from, the tracking record, the new value."""
+        source value and expiry it was computed from, the record to keep, the new value and
+        the digest its target had when last written."""
         pairs: list[bytes] = []
         args: list[bytes] = []
         offset, end = 0, len(blob)
@@ -409,7 +413,7 @@ class Syncer:
         fn = layout.fn
         size = _HEAD.size
         while offset < end:
-            key_len, value_len, at_len = _HEAD.unpack_from(blob, offset)
+            key_len, value_len, at_len, tracked_len = _HEAD.unpack_from(blob, offset)
             offset += size
             key = blob[offset : offset + key_len]
             offset += key_len
@@ -425,6 +429,10 @@ class Syncer:
             offset += value_len
             at = blob[offset : offset + at_len]
             offset += at_len
+            tracked = blob[offset : offset + tracked_len]
+            offset += tracked_len
+            # The digest the target had when last written: its half of the record.
+            target_digest = (tracked[:16] if layout.back else tracked[16:]) if tracked else b""
             try:
                 value = _DECODE(raw.decode())
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -436,7 +444,7 @@ class Syncer:
                 continue
             new = _ENCODE(result).encode()
             pairs += (key, other + key[plen:])
-            args += (raw, at, _digest(raw, at) + _digest(new, at), new)
+            args += (raw, at, _digest(raw, at) + _digest(new, at), new, target_digest)
         return pairs, args
 
     def _apply(self, layout: Layout, stats: MoveStats, reply: Any, pairs: list[bytes]) -> int:
