@@ -122,6 +122,13 @@ def release_steps(project: Project) -> list[tuple[str, str, str | None, Outcome,
     ]
 
 
+LATER_MIGRATION = '''"""Carts get a new prefix."""
+from releasegate.migrations.redis import KeyMove
+
+MOVES = [KeyMove("cart:*", "cart:", "basket:", up=dict, down=dict)]
+'''
+
+
 # -- expand --------------------------------------------------------------------------------
 
 
@@ -160,6 +167,10 @@ def test_expand_writes_twins_and_never_touches_the_old_layout(
 
     again = phases.expand(settings)
     assert again.did_nothing and again.copied == 0 and again.after == "0001"
+    (rproject.root / "migrations" / "redis" / "0002_more.py").write_text(LATER_MIGRATION)
+    assert "still expanded" in phases.expand_problems(settings)[0]
+    with pytest.raises(StateError, match="0002: redis 0001 is still expanded"):
+        phases.expand(settings)
     assert release_steps(rproject)[0] == (
         "expand", "migrate", "0001", Outcome.SUCCEEDED, ["lock", "redis expand 0001"]
     )  # fmt: skip

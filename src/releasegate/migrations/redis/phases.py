@@ -158,6 +158,12 @@ def expand(settings: Settings, *, on_progress: ProgressCallback | None = None) -
             record = new_expansion(run.result.before, pending)
             save(run, record)
         elif record.state == ExpandState.EXPANDED:
+            newer = [v for v in sorted(run.migrations) if _above(v, record.after)]
+            if newer:
+                raise StateError(
+                    f"cannot expand {', '.join(newer)}: redis {record.after} is still"
+                    " expanded; its release must finalize (contract) or be undone first"
+                )
             return run.result
         require(record, ExpandState.EXPANDING, doing="expand")
         run.result.versions = list(record.versions)
