@@ -97,7 +97,6 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
 def plan(ctx: ReleaseContext) -> StepOutcome:
     """Pending migrations of every store, phases and lint; contract needs --allow-contract."""
     from releasegate.migrations import stores
-    from releasegate.migrations.phases import Phase
     from releasegate.migrations.plan import plan as pg_plan
 
     settings = ctx.settings
@@ -109,7 +108,7 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
     # Revisions applied by the migrate step: those before the first contract revision.
     expand: list[str] = []
     for rev in pg.revisions:
-        if rev.phase is Phase.CONTRACT:
+        if not rev.runs_before_promotion:  # contract, or a phase that cannot be told
             break
         expand.append(rev.id)
     contract = [r.id for r in pg.revisions[len(expand) :]]
