@@ -203,6 +203,10 @@ class MigrationContext:
         the point to write, with the same id; returning None leaves the point out, which
         makes verification fail (a migration never loses points silently). Returns the
         number of points written by this call.
+
+        An expand also records the digest of what it copied; one that resumed a copy cut
+        short cannot vouch for the first part and compares every point instead. A switch
+        copies nothing: it catches up the points changed since the digest.
         """
         if self._spec is None:
             raise MigrationScriptError(f"{self.migration.path.name}: copy() before create_new()")
@@ -212,17 +216,17 @@ class MigrationContext:
         if self._on_copy_start:
             self._on_copy_start({"old": self.old, "new": self.new, "resume": self._resume_from})
         written = 0
-        # A resumed copy does not know what its first part was copied from: a full compare.
-        record = self.mode is Mode.EXPAND and self._resume_from is None and limit is None
-        if record:
-            self.digest = BucketDigest(buckets_for(self.store.count(self.old)))
+        whole = self._resume_from is None and limit is None
+        digest = None
+        if self.mode is Mode.EXPAND and whole:
+            digest = BucketDigest(buckets_for(self.store.count(self.old)))
         for batch in self.store.scroll_batches(
             self.old, self.batch_size, offset=self._resume_from, limit=limit
         ):
             out: list[PointData] = []
             for point in batch:
-                if record:
-                    self.digest.add(point)  # type: ignore[union-attr]  # set above
+                if digest is not None:
+                    digest.add(point)  # before the transform, which may change the point
                 result = transform(point) if transform else point
                 if result is None:
                     continue
@@ -234,8 +238,10 @@ class MigrationContext:
             self.store.upsert(self.new, out)
             written += len(out)
         self.report["copied"] = self.report.get("copied", 0) + written
-        if self.mode is Mode.EXPAND and not record:
-            self._catch_up(transform)
+        if digest is not None:
+            self.digest = digest
+        elif self.mode is Mode.EXPAND and limit is None:
+            self._catch_up(transform)  # no digest yet: compares every point
         return written
 
     def verify(
