@@ -211,6 +211,44 @@ def test_writes_after_expand_are_caught_up_at_switch_and_contract_drops_v1(
     assert contract(settings).release_id is None
 
 
+def test_writes_during_the_expand_copy_are_caught_up(settings: Settings, qproject: Any) -> None:
+    """The old version writes while the expand copies: a point already copied changes, one
+    is deleted, one is created. The digest holds what was read, so nothing is lost."""
+    path = qproject.root / "migrations" / "qdrant" / "0001_documents_v2.py"
+    text = path.read_text()
+    target = "        transform=reembed,\n"
+    assert text.count(target) == 1
+    path.write_text(
+        text.replace(target, "        transform=writing_meanwhile(ctx),\n")
+        + """
+
+def writing_meanwhile(ctx):
+    from releasegate.stores.qdrant_points import delete_points
+
+    def transform(point):
+        if point.id == 50:  # points 1..32 are copied by now
+            ctx.store.upsert(ctx.old, [PointData(5, embed("renamed plan", 64), {
+                "document_id": 5, "title": "renamed plan", "owner_id": 1})])
+            ctx.store.upsert(ctx.old, [PointData(1001, embed("brand new memo", 64), {
+                "document_id": 1001, "title": "brand new memo", "owner_id": 1})])
+            delete_points(ctx.store, ctx.old, [7])
+        return reembed(point)
+
+    return transform
+"""
+    )
+
+    expanded = expand(settings)
+
+    # The count differed (7 was copied, then deleted): verify caught up and passed.
+    assert (expanded.counts["updated"], expanded.counts["deleted"]) == (1, 1)
+    with opened(settings) as store:
+        assert store.aliases() == {"documents": "documents__v1"}
+        assert_v2_holds_the_changes(store)
+    switched = switch(settings)
+    assert switched.counts["caught_up"] == 0 and switched.after == "0001"
+
+
 def test_migrate_up_after_an_expand_catches_up_instead_of_copying(
     settings: Settings, qproject: Any
 ) -> None:
