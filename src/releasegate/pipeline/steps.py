@@ -48,7 +48,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     for store in stores.configured_stores(settings)[1:]:
         checks[store] = "ok"
     client = docker_connect()
-    image = containers.resolve_image(client, ctx.options.image)
+    image = containers.resolve_image(client, ctx.options.image, pull=not ctx.options.dry_run)
     ctx.image_digest = (image.attrs.get("RepoDigests") or [None])[0] or str(image.id)
     checks["docker"] = "ok"
     checks["image"] = ctx.image_digest
