@@ -1,9 +1,13 @@
 """Versioned Redis data migrations: loading, status, up and down, with the ledger.
 
 A migration is a Python module in the ``redis.migrations`` folder named ``NNNN_name.py``
-(``0001_sessions_snake_case.py``) with a docstring and two functions, ``up(ctx)`` and
-``down(ctx)``, where ``ctx`` is a :class:`MigrationContext`. The version reached is kept in
-Redis under ``redis.version_key`` (``"0001"``; absent = base) and mirrored in the ledger.
+(``0001_sessions_snake_case.py``) with a docstring and either a ``MOVES`` list of key moves
+(:mod:`.moves`; run here as an atomic rename + transform per key, and in a release in
+expand form by :mod:`.phases`) or two functions, ``up(ctx)`` and ``down(ctx)``, where
+``ctx`` is a :class:`MigrationContext`. The version reached is kept in Redis under
+``redis.version_key`` (``"0001"``; absent = base) and mirrored in the ledger. While a
+release's expansion is open (old layout kept, contract pending), ``up`` and ``down``
+refuse to change anything and :func:`status` says so.
 
 ``up`` and ``down`` mirror ``releasegate migrate up/down`` for Postgres
 (:mod:`releasegate.migrations.commands`): they hold the service's release lock, open a
