@@ -523,6 +523,35 @@ def test_catch_up_takes_only_the_notified_keys(project: Project, notifying_redis
     client.close()
 
 
+def test_a_crashed_notified_catch_up_keeps_its_keys(
+    project: Project, notifying_redis_url: str
+) -> None:
+    rproject = make_project(project, notifying_redis_url, batch_size=100)
+    client = redis.Redis.from_url(notifying_redis_url)
+    n, changed = 1000, 500
+    seed_sessions(client, n, cache_docs=0)
+    settings = settings_of(rproject)
+    phases.expand(settings)
+    for sid, value, _ttl in list(iter_sessions(n))[:changed]:
+        client.set(f"sess:{sid}", encode({**value, "userAgent": "changed"}), keepttl=True)
+    at_crash: dict[str, int] = {}
+
+    def crash(stats: Any) -> None:
+        if stats.batches == 2:
+            at_crash["updated"] = stats.updated
+            raise RuntimeError("injected crash")
+
+    with pytest.raises(MigrationFailed, match="injected crash"):
+        phases.catch_up(settings, on_progress=crash)
+    assert 0 < at_crash["updated"] < changed
+    resumed = phases.catch_up(settings)
+    assert resumed.scan == "notified"
+    assert resumed.changed == changed - at_crash["updated"]
+    assert assert_in_step(client) == n
+    phases.undo(settings, promoted=False)
+    client.close()
+
+
 @pytest.mark.parametrize("notifications", [False, True], ids=["scan", "notified"])
 def test_a_concurrent_writer_is_caught_up(
     project: Project, request: pytest.FixtureRequest, notifications: bool

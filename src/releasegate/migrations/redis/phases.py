@@ -197,9 +197,14 @@ def catch_up(settings: Settings, *, on_progress: ProgressCallback | None = None)
         if changed is None:
             _watch(run, record)  # before the scan: the next catch-up needs only the writes
         run.result.scan = "full" if changed is None else "notified"
-        run.each_version(
-            record.versions, lambda v: _sync_version(run, v, prefer_new=False, changed=changed)
-        )
+        try:
+            run.each_version(
+                record.versions, lambda v: _sync_version(run, v, prefer_new=False, changed=changed)
+            )
+        except BaseException:
+            if watcher is not None and changed is not None:
+                watcher.give_back(changed)  # the next catch-up takes them again
+            raise
         record.caught_up_at = time.time()
         record.catch_ups += 1
         save(run, record)

@@ -143,6 +143,11 @@ class ChangeWatcher:
             keys, self.keys = self.keys, set()
         return keys
 
+    def give_back(self, keys: set[bytes]) -> None:
+        """Keys a drain handed out but a failed pass did not finish: the next drain has them."""
+        with self.lock:
+            self.keys |= keys
+
     def stop(self) -> None:
         self.stopping = True
         if self.thread.is_alive():
