@@ -25,7 +25,8 @@ from conftest import free_port
 from releasegate.errors import MigrationFailed, StateError
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.migrations import redis as rmig
-from releasegate.migrations.redis import phases
+from releasegate.migrations.redis import phases, watch
+from releasegate.migrations.redis.moves import read_expansion
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT / "examples" / "app") not in sys.path:
@@ -275,7 +276,8 @@ def test_a_crashed_catch_up_resumes_without_duplicates(
 SUBPROCESS_CATCH_UP = """
 import sys, time
 from releasegate.config import load_config
-from releasegate.migrations.redis import phases
+from releasegate.migrations.redis import phases, watch
+from releasegate.migrations.redis.moves import read_expansion
 
 
 def progress(stats):
@@ -547,6 +549,19 @@ def test_a_crashed_notified_catch_up_keeps_its_keys(
     resumed = phases.catch_up(settings)
     assert resumed.scan == "notified"
     assert resumed.changed == changed - at_crash["updated"]
+    assert assert_in_step(client) == n
+
+    # A full scan that fails leaves keys unchecked: the next catch-up scans in full too.
+    record = read_expansion(client, VERSION_KEY)
+    assert record is not None
+    watch.stop(client, VERSION_KEY, record.started_at)  # as in another process
+    for sid, value, _ttl in list(iter_sessions(n))[:changed]:
+        client.set(f"sess:{sid}", encode({**value, "userAgent": "again"}), keepttl=True)
+    at_crash.clear()
+    with pytest.raises(MigrationFailed, match="injected crash"):
+        phases.catch_up(settings, on_progress=crash)
+    full = phases.catch_up(settings)
+    assert full.scan == "full" and full.changed == changed - at_crash["updated"]
     assert assert_in_step(client) == n
     phases.undo(settings, promoted=False)
     client.close()

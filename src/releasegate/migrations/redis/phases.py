@@ -204,6 +204,8 @@ def catch_up(settings: Settings, *, on_progress: ProgressCallback | None = None)
         except BaseException:
             if watcher is not None and changed is not None:
                 watcher.give_back(changed)  # the next catch-up takes them again
+            else:  # the keys the scan did not reach were not all written since: scan again
+                watch.stop(run.client, run.version_key, record.started_at)
             raise
         record.caught_up_at = time.time()
         record.catch_ups += 1
