@@ -94,7 +94,7 @@ def test_custom_format_round_trip(seeded: Project, tmp_path: Path, other_db: str
 
     assert entry.store == "postgres"
     assert entry.method == "pg_dump custom"
-    assert [f.name for f in entry.files] == ["postgres.dump"]
+    assert [f.name for f in entry.files] == ["postgres.dump", "postgres.rows.gz"]
     assert entry.files[0].size == (set_dir / "postgres.dump").stat().st_size > 0
     live = table_counts(seeded.url)
     assert entry.counts["tables"] == live

@@ -7,7 +7,9 @@ The four operations of :mod:`releasegate.backup.base`:
   a snapshot exported by releasegate's own repeatable-read transaction
   (``pg_export_snapshot()`` + ``pg_dump --snapshot``), and the row counts, the schema
   snapshot and the Alembic revision recorded in the manifest are read in that same
-  transaction while ``pg_dump`` works: they describe exactly what the dump holds.
+  transaction while ``pg_dump`` works: they describe exactly what the dump holds. So are
+  the per-row digests of ``postgres.rows.gz`` (``backup.fingerprints``, on by default;
+  :mod:`releasegate.backup.content_postgres`), listed and checksummed like the dump.
 - :func:`restore` runs ``pg_restore --clean --if-exists --exit-on-error`` (``-j`` jobs)
   into the configured database. A database holding any table, view or sequence outside
   the ledger is refused unless ``force``; with ``force``, every object outside the ledger
@@ -48,6 +50,7 @@ import psycopg
 from psycopg import sql
 
 from releasegate import db
+from releasegate.backup import content_postgres
 from releasegate.backup.base import Difference, FileEntry, StoreBackup
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, InfraError, StateError
@@ -386,12 +389,20 @@ def backup(settings: Settings, set_dir: Path) -> StoreBackup:
                 revisions = alembic_revisions(conn)
                 sizes = _size(conn)
                 timings["schema"] = time.monotonic() - started
+                fingerprints: dict[str, Any] | None = None
+                if opts.fingerprints:
+                    started = time.monotonic()
+                    rows_file = set_dir / content_postgres.ROWS_FILE
+                    fingerprints = content_postgres.write_fingerprints(conn, rows_file)
+                    timings["fingerprints"] = time.monotonic() - started
             except BaseException:
                 run.kill()
                 raise
             timings["dump"] = run.wait(target)
     started = time.monotonic()
     paths = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]
+    if fingerprints is not None:
+        paths.append(set_dir / content_postgres.ROWS_FILE)
     files = [FileEntry.of(set_dir, p) for p in paths]
     timings["checksums"] = time.monotonic() - started
     alembic = format_alembic(revisions)
@@ -413,6 +424,7 @@ def backup(settings: Settings, set_dir: Path) -> StoreBackup:
             **sizes,
             "schema_fingerprint": snap.fingerprint(),
             "schema": snap.to_json(),
+            "fingerprints": fingerprints,
         },
     )
 
