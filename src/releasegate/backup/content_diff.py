@@ -22,9 +22,13 @@ import hashlib
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from releasegate.backup.base import StoreBackup, sha256_file
+from releasegate.errors import CheckFailed
 
 EXAMPLES = 10
 CATEGORIES = ("kept_unchanged", "changed", "missing", "added", "accepted", "expired", "volatile")
@@ -130,6 +134,22 @@ def describe(diff: ContentDiff) -> list[str]:
                 more = ", ..." if getattr(s, category) > len(shown) else ""
                 lines.append(f"  {category}: {', '.join(shown)}{more}")
     return lines
+
+
+def checked_file(set_dir: Path, entry: StoreBackup, name: str) -> Path:
+    """The set's file ``name``, after checking it against the manifest: listed, inside the
+    set folder, of the recorded size and SHA-256. :class:`CheckFailed` otherwise."""
+    listed = next((f for f in entry.files if f.name == name), None)
+    path = set_dir / name
+    if listed is None or not path.resolve().is_relative_to(set_dir.resolve()):
+        raise CheckFailed(f"backup set {set_dir.name} is damaged: it lists no file {name}")
+    if not path.is_file():
+        raise CheckFailed(f"{name} is missing from backup set {set_dir.name}")
+    if path.stat().st_size != listed.size or sha256_file(path) != listed.sha256:
+        raise CheckFailed(
+            f"backup set {set_dir.name} is damaged: {name} does not match its checksum"
+        )
+    return path
 
 
 def short(ident: str, limit: int = 80) -> str:

@@ -20,7 +20,13 @@ from psycopg import sql
 
 from releasegate import db
 from releasegate.backup.base import StoreBackup
-from releasegate.backup.content_diff import ContentDiff, ScopeDiff, merge_keys, short
+from releasegate.backup.content_diff import (
+    ContentDiff,
+    ScopeDiff,
+    checked_file,
+    merge_keys,
+    short,
+)
 from releasegate.backup.content_rows import (
     DIGEST_HEX,
     ROWS_FILE,
@@ -38,7 +44,7 @@ from releasegate.backup.content_rows import (
     write_fingerprints,
 )
 from releasegate.config import Settings
-from releasegate.errors import CheckFailed, ConfigError
+from releasegate.errors import ConfigError
 
 # What the backup of Postgres (:mod:`releasegate.backup.postgres`) uses from here.
 __all__ = [
@@ -87,13 +93,11 @@ class _SectionCursor:
 
 
 def fingerprint_file(set_dir: Path, entry: StoreBackup) -> Path | None:
-    """The fingerprint file of a Postgres entry, or None when the set has none."""
+    """The fingerprint file of a Postgres entry (checked against the manifest's size and
+    SHA-256), or None when the set has none."""
     if not any(f.name == ROWS_FILE for f in entry.files):
         return None
-    path = set_dir / ROWS_FILE
-    if not path.is_file():
-        raise CheckFailed(f"{ROWS_FILE} is missing from backup set {set_dir.name}")
-    return path
+    return checked_file(set_dir, entry, ROWS_FILE)
 
 
 def _nothing() -> Generator[Any]:

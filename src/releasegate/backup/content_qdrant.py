@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from releasegate.backup.base import StoreBackup
-from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, short
+from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, checked_file, short
 from releasegate.backup.qdrant import METHOD_SCROLL, coverage, iter_points_file
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed
@@ -140,7 +140,8 @@ def compare_qdrant(
                 continue
             if target is not None:
                 compared.add(target)
-            _compare_collection(st, set_dir / files[collection], target, spec, scope, batch_size)
+            path = checked_file(set_dir, entry, files[collection])
+            _compare_collection(st, path, target, spec, scope, batch_size)
         for collection in coverage(settings, st).collections:
             if collection not in compared and collection not in specs:
                 _count_added(st, collection, IdSet(), diff.scope(collection), batch_size)

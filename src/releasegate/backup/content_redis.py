@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from releasegate.backup.base import StoreBackup
-from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, short
+from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, checked_file, short
 from releasegate.backup.redis import (
     BATCH_BYTES,
     DumpReader,
@@ -246,8 +246,8 @@ def compare_redis(settings: Settings, set_dir: Path, entry: StoreBackup) -> Cont
     during the comparison may count either way.
     """
     section = _section(settings)
-    path = dump_path(set_dir, entry)
     started = time.monotonic()
+    path = checked_file(set_dir, entry, dump_path(set_dir, entry).name)
     reader = DumpReader(path)
     patterns = list(reader.meta.get("patterns") or entry.extra.get("patterns") or ["*"])
     diff = ContentDiff("redis", set_dir.name)
