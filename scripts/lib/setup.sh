@@ -61,14 +61,15 @@ start_postgres() {
     pg_isready -q -h 127.0.0.1 -p "$port" && break
     sleep 0.2
   done
-  # A login role that may create the scratch databases tests and `migrate test` need.
+  # A login role that may create the scratch databases tests and `migrate test` need,
+  # and the throwaway roles of the ledger-ownership tests.
   as_root su postgres -c "psql -q -p $port -v ON_ERROR_STOP=1" <<SQL >/dev/null
 DO \$\$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
-    CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+    CREATE ROLE $PG_ROLE LOGIN CREATEDB CREATEROLE PASSWORD '$PG_PASSWORD';
   ELSE
-    ALTER ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+    ALTER ROLE $PG_ROLE LOGIN CREATEDB CREATEROLE PASSWORD '$PG_PASSWORD';
   END IF;
 END
 \$\$;

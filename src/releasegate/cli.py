@@ -78,6 +78,14 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "releasegate.commands.status:status",
         "Every store's version, the last backup and the last release.",
     ),
+    "history": (
+        "releasegate.commands.ledger:history",
+        "List releases recorded in the ledger, newest first: one row per release.",
+    ),
+    "ledger": (
+        "releasegate.commands.ledger:ledger",
+        "The release ledger's own setup (a separate owner role).",
+    ),
 }
 
 
@@ -176,71 +184,6 @@ def config_check(state: CliState, as_json: bool) -> int:
         _echo(table(["key", "value"], rows))
     # A config whose database URL is missing is not ready to use.
     settings.postgres_url()
-    return 0
-
-
-# -- history --------------------------------------------------------------------------
-
-
-@cli.command("history")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with each release's events).")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--id", "release_id", type=int, help="Show one release with its step log.")
-@click.option("--all-services", is_flag=True, help="Not only this config's service.")
-@pass_state
-def history(
-    state: CliState, as_json: bool, limit: int, release_id: int | None, all_services: bool
-) -> int:
-    """List release attempts recorded in the ledger, newest first."""
-    from releasegate.ledger import Ledger
-    from releasegate.output import table
-
-    settings = state.settings()
-    with Ledger.open(settings.postgres_url(), "history") as ledger:
-        if release_id is not None:
-            release = ledger.release(release_id)
-            if release is None:
-                from releasegate.errors import ConfigError
-
-                raise ConfigError(f"no release with id {release_id} in the ledger")
-            releases = [release]
-        else:
-            service = None if all_services else settings.service
-            releases = ledger.releases(service, limit, with_events=as_json)
-    if as_json:
-        _echo_json([r.to_dict() for r in releases])
-        return 0
-    rows = [
-        (
-            r.id,
-            r.service,
-            r.kind,
-            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
-            r.outcome,
-            f"{r.alembic_before or ''} -> {r.alembic_after or ''}",
-            r.performer,
-        )
-        for r in releases
-    ]
-    _echo(table(["id", "service", "kind", "started", "outcome", "alembic", "performer"], rows))
-    if release_id is not None:
-        events = releases[0].events
-        _echo()
-        _echo(
-            table(
-                ["at", "step", "status", "ms", "detail"],
-                [
-                    (
-                        f"{e.at:%H:%M:%S.%f}"[:-3],
-                        e.step,
-                        e.status,
-                        "" if e.duration_ms is None else f"{e.duration_ms:.0f}",
-                        e.detail.get("error") or e.detail.get("doc") or "",
-                    )
-                    for e in events
-                ],
-            )
-        )
     return 0
 
 

@@ -72,6 +72,9 @@ class HeldLock:
     conn: psycopg.Connection[Any]
     service: str
     waited: float
+    # The ledger row of the operation holding the lock (a release, a rollback): rows
+    # opened by operations that share the lock (see :func:`shared`) are its children.
+    ledger_row: int | None = None
 
     def ensure_held(self) -> None:
         """Raise :class:`LockNotObtained` if the lock session died or lost the lock.
@@ -129,6 +132,12 @@ def service_lock(settings: Settings, purpose: str) -> AbstractContextManager[Hel
 
 
 _local = threading.local()
+
+
+def shared_lock(service: str) -> HeldLock | None:
+    """The lock this thread shares for ``service`` (inside :func:`shared`), if any."""
+    table: dict[str, HeldLock] = getattr(_local, "shared", {})
+    return table.get(service)
 
 
 @contextmanager

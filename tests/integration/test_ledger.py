@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from releasegate import secrets
 from releasegate.ledger import Ledger, Outcome, StepStatus
-from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA
-from releasegate.lock import release_lock
+from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA, MIGRATIONS
+from releasegate.lock import release_lock, shared
+
+if TYPE_CHECKING:
+    from conftest import Project  # the `project` fixture's type
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +45,11 @@ def test_ensure_schema_creates_schema_and_is_idempotent(pg_url: str) -> None:
                 (LEDGER_SCHEMA,),
             )
         }
-        versions = conn.execute(f"SELECT version FROM {LEDGER_SCHEMA}.schema_version").fetchall()
+        versions = conn.execute(
+            f"SELECT version FROM {LEDGER_SCHEMA}.schema_version ORDER BY version"
+        ).fetchall()
     assert tables == {"releases", "events", "schema_version"}
-    assert versions == [(LATEST_VERSION,)]
+    assert versions == [(v,) for v in range(1, LATEST_VERSION + 1)]
 
 
 def test_open_creates_the_schema(pg_url: str) -> None:
@@ -254,3 +260,102 @@ def test_closed_rows_are_shown_as_stored(ledger: Ledger) -> None:
     ledger.finish_release(release_id, Outcome.ABORTED, {"error": "interrupted by SIGTERM"})
     [release] = ledger.releases("notes")
     assert release.outcome == "aborted"
+
+
+# -- a release's own runs are its children ----------------------------------------------
+
+
+def test_rows_opened_under_a_release_are_its_children(ledger: Ledger, pg_url: str) -> None:
+    with release_lock(pg_url, "notes", "ledger test", wait=5) as held, shared(held):
+        release_id = ledger.start_release("notes", "release", "ci", image_ref="notes:v2")
+        # Its steps open rows on connections of their own, as backups and migrations do.
+        with Ledger.open(pg_url) as step_ledger:
+            backup = step_ledger.start_release("notes", "backup", "ci")
+            step_ledger.finish_release(backup, Outcome.SUCCEEDED)
+            migrate = step_ledger.start_release("notes", "migrate", "ci", alembic_before="0001")
+            step_ledger.finish_release(migrate, Outcome.FAILED, alembic_after="0003")
+            restore = step_ledger.start_release(
+                "notes", "restore", "ci", alembic_before="0003", alembic_after="0001"
+            )
+            step_ledger.finish_release(restore, Outcome.SUCCEEDED)
+        ledger.finish_release(release_id, Outcome.ROLLED_BACK)
+    standalone = ledger.start_release("notes", "migrate", "ci", alembic_before="0001")
+
+    assert [r.id for r in ledger.releases("notes")] == [standalone, release_id]
+    assert [r.id for r in ledger.releases("notes", nested=True)] == [
+        standalone,
+        restore,
+        migrate,
+        backup,
+        release_id,
+    ]
+    children = ledger.children(release_id)
+    assert [(c.id, c.kind, c.parent_id) for c in children] == [
+        (backup, "backup", release_id),
+        (migrate, "migrate", release_id),
+        (restore, "restore", release_id),
+    ]
+    release = ledger.release(release_id)
+    assert release is not None and release.parent_id is None
+    # One row tells the whole release: versions before the first step, after the last.
+    assert (release.alembic_before, release.alembic_after) == ("0001", "0001")
+    assert release.image_ref == "notes:v2" and release.outcome == "rolled_back"
+    assert release.duration_s is not None and release.duration_s >= 0
+    assert release.to_dict()["duration_s"] == release.duration_s
+
+
+def test_steps_under_a_lock_without_a_release_row_stay_top_level(
+    ledger: Ledger, pg_url: str
+) -> None:
+    # E.g. a resumed release that has not named its row: its steps are not each
+    # other's children.
+    with release_lock(pg_url, "notes", "ledger test", wait=5) as held, shared(held):
+        first = ledger.start_release("notes", "migrate", "ci")
+        second = ledger.start_release("notes", "restore", "ci")
+        assert held.ledger_row is None
+    with release_lock(pg_url, "notes", "ledger test", wait=5) as own:
+        # Not shared: a standalone run is never anybody's child.
+        alone = ledger.start_release("notes", "release", "ci")
+    assert [r.id for r in ledger.releases("notes")] == [alone, second, first]
+    assert own.ledger_row is None
+
+
+def test_a_real_migrate_up_inside_a_release_is_its_child(project: Project) -> None:
+    from releasegate.migrations.commands import up
+
+    settings = project.settings()
+    with (
+        release_lock(project.url, project.service, "release", wait=5) as held,
+        shared(held),
+        Ledger.open(project.url) as ledger,
+    ):
+        release_id = ledger.start_release(project.service, "release", "ci", image_ref="n:2")
+        result = up(settings)
+        ledger.finish_release(release_id, Outcome.SUCCEEDED)
+    with Ledger.open(project.url) as ledger:
+        [release] = ledger.releases(project.service)
+        [child] = ledger.children(release_id)
+    assert release.id == release_id
+    assert child.id == result.release_id and child.kind == "migrate"
+    assert release.alembic_before == child.alembic_before == "never migrated"
+    assert release.alembic_after == child.alembic_after
+    assert child.alembic_after is not None and child.alembic_after != "never migrated"
+
+
+def test_a_version_1_ledger_is_upgraded_in_place(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {LEDGER_SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE {LEDGER_SCHEMA}.schema_version ("
+            " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(MIGRATIONS[0][1])
+        conn.execute(f"INSERT INTO {LEDGER_SCHEMA}.schema_version (version) VALUES (1)")
+        conn.execute(
+            f"INSERT INTO {LEDGER_SCHEMA}.releases (service, kind, performer)"
+            " VALUES ('notes', 'migrate', 'old')"
+        )
+        ledger = Ledger(conn)
+        assert ledger.ensure_schema() == LATEST_VERSION - 1
+        [old] = ledger.releases("notes")
+    assert old.performer == "old" and old.parent_id is None

@@ -195,6 +195,24 @@ def test_publish(tmp_path: Path, gh: GithubEnv) -> None:
     assert not publish(result, paths, None)
 
 
+@pytest.mark.parametrize("outcome", ["dry_run", "blocked", "rolled_back", "failed"])
+def test_publish_sets_digest_only_for_a_promoted_image(
+    tmp_path: Path, gh: GithubEnv, outcome: str
+) -> None:
+    result = {
+        "release_id": 7,
+        "service": "notes",
+        "kind": "dry-run" if outcome in ("dry_run", "blocked") else "release",
+        "outcome": outcome,
+        "image": {"ref": "notes:ab12", "digest": "sha256:" + "f" * 64},
+    }
+    publish(result, write_reports(result, tmp_path / "r"), gh)
+    assert gh.output_path is not None
+    outputs = parse_outputs(gh.output_path.read_text(encoding="utf-8"))
+    assert outputs["outcome"] == outcome
+    assert outputs["digest"] == ""
+
+
 def test_publish_renders_into_the_room_left(tmp_path: Path, gh: GithubEnv) -> None:
     assert gh.summary_path is not None
     gh.summary_path.write_text("x" * (MIB - 5000) + "\n", encoding="utf-8")

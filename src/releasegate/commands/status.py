@@ -10,21 +10,29 @@ from releasegate.cli import CliState, pass_state
 
 
 def overview(settings: Any) -> dict[str, Any]:
-    """Store versions and problems, the newest backup set and the newest ledger release."""
+    """Store versions and problems, the newest backup set and the newest ledger release.
+
+    The last release is the newest top-level row: a release's own backup, migrations
+    and restores (its children in the ledger) are part of it, not releases of their own.
+    """
     from releasegate.backup.sets import list_sets
     from releasegate.ledger import Ledger
+    from releasegate.ledger.views import one_line
     from releasegate.migrations import stores
 
     results = stores.status(settings, stores.configured_stores(settings))
     sets = [s for s in list_sets(settings) if s.manifest is not None]
     with Ledger.open(settings.postgres_url(), "status") as ledger:
         releases = ledger.releases(settings.service, limit=1)
+    last = releases[0].to_dict() if releases else None
+    if last is not None:
+        last["line"] = one_line(releases[0])
     return {
         "service": settings.service,
         "ok": all(result.ok for result in results.values()),
         "stores": {name: result.to_dict() for name, result in results.items()},
         "last_backup": sets[0].to_dict() if sets else None,
-        "last_release": releases[0].to_dict() if releases else None,
+        "last_release": last,
     }
 
 
@@ -55,10 +63,5 @@ def status(state: CliState, as_json: bool) -> int:
         else "last backup:  none"
     )
     release = data["last_release"]
-    echo(
-        f"last release: #{release['id']} {release['kind']} {release['outcome']}"
-        f" at {release['started_at']} by {release['performer']}"
-        if release
-        else "last release: none"
-    )
+    echo(f"last release: {release['line'] if release else 'none'}")
     return 0 if data["ok"] else 1

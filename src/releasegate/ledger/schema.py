@@ -57,6 +57,17 @@ MIGRATIONS: list[tuple[int, str]] = [
             FOR EACH ROW EXECUTE FUNCTION releasegate.events_append_only();
         """,
     ),
+    (
+        2,
+        """
+        -- Rows opened by a release's own steps (its backup, migrations, restores) point at
+        -- the release, so that views can show one release as one row.
+        ALTER TABLE releasegate.releases
+            ADD COLUMN parent_id bigint REFERENCES releasegate.releases (id);
+        CREATE INDEX releases_parent ON releasegate.releases (parent_id)
+            WHERE parent_id IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -3,6 +3,10 @@
 It lives in the target Postgres (schema ``releasegate``) and is written on a
 connection of its own in autocommit mode, so that a migration rolled back by its
 transaction never takes its ledger entries with it.
+
+A release runs backups, migrations and restores that open rows of their own; they are
+its children (``parent_id``), found through the release lock they share, so that a
+release is one row in the views.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from releasegate import db
+from releasegate.errors import ConfigError
 from releasegate.ledger.schema import LATEST_VERSION, LEDGER_SCHEMA, MIGRATIONS
-from releasegate.lock import LockHolder, find_holder
+from releasegate.lock import LockHolder, find_holder, shared_lock
 from releasegate.secrets import redact
 
 # Transaction-scoped advisory lock key guarding the ledger's own schema migrations.
@@ -36,6 +41,9 @@ class Outcome(StrEnum):
     ROLLED_BACK = "rolled_back"
     ROLLBACK_FAILED = "rollback_failed"
     ABORTED = "aborted"  # stopped by a signal; the events say what had committed
+    # A dry run's outcomes: the same words as its result and the workflow's outputs.
+    DRY_RUN = "dry_run"
+    BLOCKED = "blocked"
     # Shown, never stored: a "running" row whose runner no longer holds the release lock.
     INTERRUPTED = "interrupted"
 
@@ -80,16 +88,31 @@ class Release:
     qdrant_before: str | None
     qdrant_after: str | None
     summary: dict[str, Any]
+    parent_id: int | None = None
     events: list[Event] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish; None while it runs."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "events"}
         data["started_at"] = self.started_at.isoformat()
         data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data["duration_s"] = self.duration_s
         data["events"] = [e.to_dict() for e in self.events]
         return data
 
 
+# Kinds that are steps of a release when opened under its shared lock; other kinds
+# opened under a shared lock (a release, a rollback) are the parent themselves.
+NESTED_KINDS = frozenset({"backup", "migrate", "restore"})
+
+
+_STORE_COLUMNS = ("alembic", "redis", "qdrant")
 _RELEASE_COLUMNS = (
     "git_sha",
     "image_ref",
@@ -151,10 +174,31 @@ class Ledger:
         ).fetchone()
         return int(version[0]) if version else 0
 
+    def schema_owner(self) -> tuple[str, bool] | None:
+        """The role owning the ledger schema, and whether this session acts as it."""
+        row = self.conn.execute(
+            "SELECT nspowner::regrole::text, pg_has_role(current_user, nspowner, 'USAGE')"
+            " FROM pg_namespace WHERE nspname = %s",
+            (LEDGER_SCHEMA,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), bool(row[1]))
+
     def ensure_schema(self) -> int:
-        """Create or upgrade the ledger schema; returns the number of versions applied."""
-        if self.schema_version() >= LATEST_VERSION:
+        """Create or upgrade the ledger schema; returns the number of versions applied.
+
+        A schema owned by another role (see :mod:`releasegate.ledger.access`) is never
+        touched: when it is older than this releasegate, its owner must upgrade it.
+        """
+        version = self.schema_version()
+        if version >= LATEST_VERSION:
             return 0
+        owner = self.schema_owner()
+        if owner is not None and not owner[1]:
+            raise ConfigError(
+                f"the ledger schema '{LEDGER_SCHEMA}' belongs to role {owner[0]} and is at"
+                f" version {version}; this releasegate needs version {LATEST_VERSION}:"
+                " run 'releasegate ledger setup' with the owner's URL"
+            )
         applied = 0
         with self.conn.transaction():
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -175,12 +219,18 @@ class Ledger:
         return applied
 
     def start_release(self, service: str, kind: str, performer: str, **columns: str | None) -> int:
-        """Open a release row (outcome ``running``) and return its id."""
+        """Open a release row (outcome ``running``) and return its id.
+
+        Inside a release (this thread shares the service's lock, which carries the
+        release's row), a backup, migrate or restore row becomes the release's child.
+        """
         unknown = set(columns) - set(_RELEASE_COLUMNS)
         if unknown:
             raise TypeError(f"unknown release columns: {sorted(unknown)}")
-        names = ["service", "kind", "performer", *columns]
-        values = [service, kind, performer, *columns.values()]
+        held = shared_lock(service)
+        parent = held.ledger_row if held is not None else None
+        names = ["service", "kind", "performer", "parent_id", *columns]
+        values = [service, kind, performer, parent, *columns.values()]
         placeholders = ", ".join(["%s"] * len(values))
         row = self.conn.execute(
             f"INSERT INTO {LEDGER_SCHEMA}.releases ({', '.join(names)})"
@@ -188,7 +238,10 @@ class Ledger:
             values,
         ).fetchone()
         assert row is not None
-        return int(row[0])
+        release_id = int(row[0])
+        if held is not None and parent is None and kind not in NESTED_KINDS:
+            held.ledger_row = release_id
+        return release_id
 
     def record_event(
         self,
@@ -245,24 +298,45 @@ class Ledger:
         summary: Mapping[str, Any] | None = None,
         **columns: str | None,
     ) -> None:
-        """Close a release row with its outcome; ``summary`` is merged into the stored one."""
+        """Close a release row with its outcome; ``summary`` is merged into the stored one.
+
+        Store versions the row does not carry are taken from its children: before from
+        the first child that knows it, after from the last.
+        """
         self.update_release(release_id, **columns)
         self.conn.execute(
             f"UPDATE {LEDGER_SCHEMA}.releases SET outcome = %s, finished_at = clock_timestamp(),"
             " summary = summary || %s WHERE id = %s",
             (str(outcome), _clean(summary), release_id),
         )
+        sets = ", ".join(
+            f"{store}_{when} = coalesce(r.{store}_{when}, (SELECT c.{store}_{when}"
+            f" FROM {LEDGER_SCHEMA}.releases c WHERE c.parent_id = r.id"
+            f" AND c.{store}_{when} IS NOT NULL ORDER BY c.id {order} LIMIT 1))"
+            for store in _STORE_COLUMNS
+            for when, order in (("before", "ASC"), ("after", "DESC"))
+        )
+        self.conn.execute(
+            f"UPDATE {LEDGER_SCHEMA}.releases r SET {sets} WHERE r.id = %s"
+            f" AND EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.releases c WHERE c.parent_id = r.id)",
+            (release_id,),
+        )
 
     def releases(
-        self, service: str | None = None, limit: int = 20, with_events: bool = False
+        self,
+        service: str | None = None,
+        limit: int = 20,
+        with_events: bool = False,
+        nested: bool = False,
     ) -> list[Release]:
-        """The newest release rows first."""
+        """The newest release rows first; a release's own steps only with ``nested``."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 f"SELECT * FROM {LEDGER_SCHEMA}.releases"
-                " WHERE %(service)s::text IS NULL OR service = %(service)s"
+                " WHERE (%(service)s::text IS NULL OR service = %(service)s)"
+                " AND (%(nested)s OR parent_id IS NULL)"
                 " ORDER BY id DESC LIMIT %(limit)s",
-                {"service": service, "limit": limit},
+                {"service": service, "limit": limit, "nested": nested},
             )
             rows = self._as_shown([Release(**row) for row in cur.fetchall()])
         if with_events:
@@ -277,6 +351,15 @@ class Ledger:
             return None
         [release] = self._as_shown([Release(**row, events=self.events(release_id))])
         return release
+
+    def children(self, release_id: int) -> list[Release]:
+        """The rows a release's own steps opened (backup, migrations, restores), in order."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                f"SELECT * FROM {LEDGER_SCHEMA}.releases WHERE parent_id = %s ORDER BY id",
+                (release_id,),
+            )
+            return self._as_shown([Release(**row) for row in cur.fetchall()])
 
     def _as_shown(self, rows: list[Release]) -> list[Release]:
         """``running`` rows whose runner is gone become ``interrupted``.

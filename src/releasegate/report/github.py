@@ -26,6 +26,8 @@ OutputValue = str | int | float | bool | None
 
 # What GitHub accepts as an output name (and what is usable in ${{ steps.x.outputs.name }}).
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# The one outcome after which the new image serves: the ledger's "succeeded".
+PROMOTED_OUTCOME = "succeeded"
 TRUNCATION_NOTE = (
     "\n\n... the summary was cut to fit GitHub's 1 MiB step-summary limit (see the JSON report)\n"
 )
@@ -171,12 +173,16 @@ def publish(result: Mapping[str, Any], paths: ReportPaths, env: GithubEnv | None
     """Set the release outputs and append the Markdown report to the step summary.
 
     Outputs: ``release-id``, ``outcome``, ``digest``, ``report-json``, ``report-markdown``.
-    Returns False (and does nothing) outside GitHub Actions.
+    ``digest`` is the promoted image: empty unless the release succeeded (a dry run, a
+    blocked or rolled-back release promoted nothing). Returns False (and does nothing)
+    outside GitHub Actions.
     """
     if env is None:
         return False
     image = result.get("image")
-    digest = image.get("digest") if isinstance(image, Mapping) else None
+    digest = None
+    if result.get("outcome") == PROMOTED_OUTCOME and isinstance(image, Mapping):
+        digest = image.get("digest")
     env.set_outputs(
         {
             "release-id": result.get("release_id"),
