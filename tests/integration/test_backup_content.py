@@ -28,6 +28,8 @@ from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError
 from releasegate.migrations.commands import up
 
+NOT_KEYED = ("public.alembic_version", "public.events")
+TABLES = 6  # users, documents, document_chunks, audit_log, events, pairs
 USERS = 30  # documents: 2 per user, chunks: 2 per document, audit_log: 1 per document
 
 
@@ -65,6 +67,8 @@ def seeded(project: Project) -> Project:
         "CREATE TABLE public.events (kind text, n int, at timestamptz)",
         "INSERT INTO public.events VALUES ('a', 1, '2026-01-01 10:00+02'),"
         " ('a', 1, '2026-01-01 10:00+02'), ('b', 2, NULL), ('c', 3, now())",
+        "CREATE TABLE public.pairs (a int, b text, note text, PRIMARY KEY (a, b))",
+        "INSERT INTO public.pairs VALUES (1, 'x y', 'n'), (1, 'z', 'n'), (2, 'x', 'n')",
     )
     return project
 
@@ -86,7 +90,9 @@ def test_postgres_fingerprints_are_listed_and_read_in_the_snapshot(
     assert [f.name for f in entry.files] == ["postgres.dump", ROWS_FILE]
     rows = next(f for f in entry.files if f.name == ROWS_FILE)
     assert rows.sha256 == sha256_file(set_dir / ROWS_FILE)
-    assert entry.extra["fingerprints"]["tables"] == 5  # alembic_version is left out
+    assert entry.extra["fingerprints"]["tables"] == TABLES  # alembic_version is left out
+    keyed_rows = sum(n for t, n in entry.counts["tables"].items() if t not in NOT_KEYED)
+    assert entry.extra["fingerprints"]["lines"] == keyed_rows + 3  # events: 3 distinct rows
     assert "fingerprints" in entry.timings
     with RowsFile(set_dir / ROWS_FILE) as reader:
         sections = {s.table.qualified: (s.table, list(s.rows())) for s in reader.sections()}
@@ -131,6 +137,7 @@ def test_postgres_compare_reports_each_kind_of_change(seeded: Project, tmp_path:
         "UPDATE public.events SET kind = 'd' WHERE kind = 'c'",
         "CREATE TABLE public.tags (name text PRIMARY KEY)",
         "INSERT INTO public.tags VALUES ('x'), ('y')",
+        "UPDATE public.pairs SET note = 'changed' WHERE a = 1 AND b = 'x y'",
     )
 
     diff = content.compare_postgres(settings, set_dir, entry)
@@ -146,6 +153,8 @@ def test_postgres_compare_reports_each_kind_of_change(seeded: Project, tmp_path:
     assert scope(diff, "public.document_chunks")["examples"] == {"missing": ["4", "7", "8"]}
     assert counts(diff, "public.audit_log") == (2 * USERS, 0, 0, 0)
     assert counts(diff, "public.events") == (2, 0, 2, 2)  # 'a' x2 kept; 'b', 'c' gone
+    assert counts(diff, "public.pairs") == (2, 1, 0, 0)
+    assert scope(diff, "public.pairs")["examples"] == {"changed": ['(1,"x y")']}
     assert counts(diff, "public.tags") == (0, 0, 0, 2)
     assert scope(diff, "public.tags")["examples"] == {"added": ["x", "y"]}
     lines = content.describe(diff)
@@ -171,8 +180,10 @@ def test_postgres_dropped_column_and_accepted_migration(seeded: Project, tmp_pat
         "ALTER TABLE public.users DROP COLUMN display_name",
         f"DELETE FROM public.users WHERE id = {USERS + 1}",
         "ALTER TABLE public.events DROP COLUMN at",
+        "ALTER TABLE public.pairs DROP COLUMN b",  # and with it the primary key
     )
     diff = content.compare_postgres(settings, set_dir, entry)
+    assert counts(diff, "public.pairs") == (0, 0, 3, 3)
     assert counts(diff, "public.users") == (0, total - 1, 1, 0)
     assert counts(diff, "public.events") == (0, 4, 0, 0)
 

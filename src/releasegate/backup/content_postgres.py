@@ -158,6 +158,9 @@ def _compare_keyed(
     alt_rows = usable_alt.rows() if usable_alt else _nothing()
     with contextlib.closing(live_rows):
         _merge_keyed(base.rows(), alt_rows, live_rows, scope, accepting, dropped)
+    if live is not None and not keyed_now:
+        # Its key columns are gone: no row can be matched; the live ones count as added.
+        _count_added_table(conn, live, scope)
 
 
 def _merge_lines(
