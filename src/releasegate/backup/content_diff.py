@@ -179,9 +179,6 @@ class IdSet:
         self._sorted = np.sort(np.frombuffer(self._hashes, dtype=np.uint64))
         self._hashes = array("Q")
 
-    def __len__(self) -> int:
-        return len(self._hashes) if self._sorted is None else int(self._sorted.size)
-
     def contains(self, idents: Sequence[bytes]) -> list[bool]:
         """For each id, whether it was added."""
         if self._sorted is None:
