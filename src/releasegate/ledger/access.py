@@ -88,8 +88,7 @@ def grant_statements(releaser: str) -> list[sql.Composed]:
 
 def _check_roles(conn: psycopg.Connection[Any], releaser: str) -> str:
     row = conn.execute(
-        "SELECT current_user::text, r.rolsuper,"
-        " pg_has_role(r.oid, (SELECT oid FROM pg_roles WHERE rolname = current_user), 'USAGE')"
+        "SELECT current_user::text, r.rolsuper, pg_has_role(r.rolname, current_user, 'USAGE')"
         " FROM pg_roles r WHERE r.rolname = %s",
         (releaser,),
     ).fetchone()
