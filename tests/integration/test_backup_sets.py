@@ -23,9 +23,10 @@ from conftest import REPO_ROOT, Project
 from qdrant_client import QdrantClient
 
 from releasegate.backup import sets
+from releasegate.backup.loss import LossReport
 from releasegate.backup.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, is_set_id
 from releasegate.config import Settings
-from releasegate.errors import CheckFailed, ConfigError, ExitCode, StateError
+from releasegate.errors import CheckFailed, ConfigError, ExitCode
 from releasegate.ledger import Ledger, Release
 from releasegate.migrations.commands import up
 
@@ -192,14 +193,16 @@ def test_create_verify_restore_every_store(all_stores: Env) -> None:
     qclient.delete("documents__v1", points_selector=list(range(1, 11)))
     qclient.close()
 
-    with pytest.raises(StateError) as refused:
-        sets.restore(settings, manifest.set_id)
-    message = str(refused.value)
-    assert "non-empty" in message and "nothing restored" in message
-    assert all(store in message for store in ("postgres:", "redis:", "qdrant:"))
+    reports: list[LossReport] = []
+    with pytest.raises(ConfigError) as refused:
+        sets.restore(settings, manifest.set_id, on_report=reports.append)
+    assert "nothing changed" in str(refused.value) and "--yes" in str(refused.value)
+    assert refused.value.exit_code == ExitCode.USAGE
     assert fingerprint(env.url) != before_pg  # untouched
+    assert list(reports[0].stores) == ["postgres", "redis", "qdrant"]
+    assert reports[0].live_color is None and "not running" in reports[0].router
 
-    result = sets.restore(settings, manifest.set_id, force=True)
+    result = sets.restore(settings, manifest.set_id, yes=True)
     assert list(result.stores) == ["postgres", "redis", "qdrant"]
     assert fingerprint(env.url) == before_pg
     assert redis_keys(env.redis_url) == before_keys
@@ -211,9 +214,8 @@ def test_create_verify_restore_every_store(all_stores: Env) -> None:
     assert (restore_release.kind, restore_release.outcome) == ("restore", "succeeded")
     assert (restore_release.alembic_before, restore_release.alembic_after) == ("0006", "0006")
     steps = [e.step for e in restore_release.events]
-    assert steps == ["lock", "restore postgres", "restore redis", "restore qdrant"]
-    refused_release = releases(env)[1]
-    assert (refused_release.kind, refused_release.outcome) == ("restore", "failed")
+    assert steps == ["lock", "restore qdrant", "restore redis", "restore postgres"]
+    assert releases(env)[1].kind == "backup"  # the refused restore recorded nothing
 
 
 def test_restore_a_subset_and_skip_unconfigured_stores(project: Project, redis_url: str) -> None:
@@ -226,11 +228,11 @@ def test_restore_a_subset_and_skip_unconfigured_stores(project: Project, redis_u
     client.set("added-after-backup", "1")
     client.close()
 
-    only_pg = sets.restore(env.settings(), "latest", stores=["postgres"], force=True)
+    only_pg = sets.restore(env.settings(), "latest", stores=["postgres"], yes=True)
     assert list(only_pg.stores) == ["postgres"]
     assert b"added-after-backup" in redis_keys(redis_url)  # Redis untouched
 
-    without_redis = sets.restore(Env(project).settings(), "latest", force=True)
+    without_redis = sets.restore(Env(project).settings(), "latest", yes=True)
     assert list(without_redis.stores) == ["postgres"]
     assert without_redis.skipped == {
         "redis": "environment variable NOTES_REDIS_URL (redis.url_env) is not set"
@@ -265,7 +267,7 @@ def test_a_corrupt_file_fails_verify_and_restore_restores_nothing(
         conn.execute("UPDATE users SET display_name = 'after the backup' WHERE id = 1")
     releases_before = len(releases(env))
     with pytest.raises(CheckFailed) as damaged:
-        sets.restore(env.settings(), manifest.set_id, force=True)
+        sets.restore(env.settings(), manifest.set_id, yes=True)
     assert str(damaged.value).startswith(
         f"backup set {manifest.set_id} is damaged, nothing restored: postgres file postgres.dump"
     )

@@ -40,13 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from releasegate.backup.base import FileEntry, StoreBackup
+from releasegate.backup.base import FileEntry, StoreBackup, name_problem
 from releasegate.errors import CheckFailed, ConfigError
 from releasegate.fileio import write_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SET_ID_RE = re.compile(r"^\d{8}T\d{6}\.\d{3}Z$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 STORE_ORDER = ("postgres", "redis", "qdrant")
 
 
@@ -122,6 +123,8 @@ class Manifest:
                 f"manifest format {version} is newer than this releasegate supports"
                 f" ({FORMAT_VERSION}): upgrade releasegate"
             )
+        if (problem := shape_problem(data)) is not None:
+            raise CheckFailed(f"{source} is damaged: {problem}")
         try:
             return cls(
                 set_id=str(data["set_id"]),
@@ -131,7 +134,7 @@ class Manifest:
                 git_sha=data.get("git_sha"),
                 releasegate_version=str(data["releasegate_version"]),
                 versions=dict(data.get("versions") or {}),
-                stores=[StoreBackup.from_dict(s) for s in data.get("stores") or []],
+                stores=[StoreBackup.from_dict(s) for s in data["stores"]],
                 timings=dict(data.get("timings") or {}),
                 ledger_release_id=data.get("ledger_release_id"),
                 format_version=version,
@@ -166,3 +169,109 @@ class Manifest:
                 f" at line {exc.lineno}"
             ) from None
         return cls.from_dict(data, f"{MANIFEST_NAME} of backup set {set_dir.name}")
+
+
+# -- the shape of a manifest ----------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and _is_int(v) for k, v in value.items()
+    )
+
+
+def _file_problem(where: str, item: Any) -> str | None:
+    if not isinstance(item, dict) or set(item) != {"name", "sha256", "size"}:
+        return f"{where} is not an object with name, sha256 and size"
+    if not isinstance(item["name"], str):
+        return f"{where}: the name is not a string"
+    if (why := name_problem(item["name"])) is not None:
+        return f"{where}: {why}"
+    if not isinstance(item["sha256"], str) or not SHA256_RE.match(item["sha256"]):
+        return f"{where}: sha256 is not 64 lowercase hex digits"
+    if not _is_int(item["size"]) or item["size"] < 0:
+        return f"{where}: size is not a byte count"
+    return None
+
+
+def _counts_problem(store: str, counts: dict[str, Any]) -> str | None:
+    """The figures a restore or its loss report reads must have their documented types."""
+    if store == "postgres":
+        if not _int_map(counts.get("tables", {})):
+            return "counts.tables is not a map of table -> rows"
+    elif store == "redis":
+        if not _is_int(counts.get("keys", 0)):
+            return "counts.keys is not a number"
+        patterns = counts.get("patterns", {})
+        if not isinstance(patterns, dict) or not all(
+            isinstance(t, dict) and _is_int(t.get("keys", 0)) for t in patterns.values()
+        ):
+            return "counts.patterns is not a map of pattern -> counts"
+    elif store == "qdrant":
+        collections = counts.get("collections", {})
+        if not isinstance(collections, dict) or not all(
+            isinstance(c, dict) and _is_int(c.get("points", 0)) for c in collections.values()
+        ):
+            return "counts.collections is not a map of collection -> counts"
+        aliases = counts.get("aliases", {})
+        if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+        ):
+            return "counts.aliases is not a map of alias -> collection"
+    return None
+
+
+def _store_problem(index: int, entry: Any, seen: set[str]) -> str | None:
+    where = f"stores[{index}]"
+    if not isinstance(entry, dict):
+        return f"{where} is not an object"
+    store = entry.get("store")
+    if store not in STORE_ORDER:
+        return f"{where}.store is not one of {', '.join(STORE_ORDER)}"
+    if store in seen:
+        return f"{store} is listed twice"
+    seen.add(store)
+    if not isinstance(entry.get("method"), str):
+        return f"{store}.method is not a string"
+    for name in ("counts", "versions", "tools", "timings", "extra"):
+        if not isinstance(entry.get(name, {}), dict):
+            return f"{store}.{name} is not an object"
+    files = entry.get("files", [])
+    if not isinstance(files, list):
+        return f"{store}.files is not a list"
+    names: set[str] = set()
+    for n, item in enumerate(files):
+        if (why := _file_problem(f"{store}.files[{n}]", item)) is not None:
+            return why
+        if item["name"] in names:
+            return f"{store}.files lists {item['name']} twice"
+        names.add(item["name"])
+    return _counts_problem(store, entry.get("counts", {}))
+
+
+def shape_problem(data: dict[str, Any]) -> str | None:
+    """None when a manifest's fields have the documented types, else the first that does not.
+
+    Checked before anything is built from the manifest, so that a damaged one is reported
+    as damaged rather than failing somewhere inside a restore.
+    """
+    stores = data.get("stores")
+    if not isinstance(stores, list):
+        return "stores is not a list"
+    for name in ("versions", "timings"):
+        if not isinstance(data.get(name) or {}, dict):
+            return f"{name} is not an object"
+    if not isinstance(data.get("git_sha"), str | None):
+        return "git_sha is not a string"
+    ledger_id = data.get("ledger_release_id")
+    if ledger_id is not None and not _is_int(ledger_id):
+        return "ledger_release_id is not a number"
+    seen: set[str] = set()
+    for index, entry in enumerate(stores):
+        if (why := _store_problem(index, entry, seen)) is not None:
+            return why
+    return None

@@ -10,10 +10,11 @@ The four operations of :mod:`releasegate.backup.base`:
   transaction while ``pg_dump`` works: they describe exactly what the dump holds. So are
   the per-row digests of ``postgres.rows.gz`` (``backup.fingerprints``, on by default;
   :mod:`releasegate.backup.content_postgres`), listed and checksummed like the dump.
-- :func:`restore` runs ``pg_restore --clean --if-exists --exit-on-error`` (``-j`` jobs)
-  into the configured database. A database holding any table, view or sequence outside
-  the ledger is refused unless ``force``; with ``force``, every object outside the ledger
-  is dropped first, so objects that the backup does not know do not survive the restore.
+- :func:`restore` (:func:`stage`, then commit) replaces the database's contents in ONE
+  transaction: ``pg_restore --file=-`` relayed to ``psql`` after the ``DROP`` of every
+  object outside the ledger, ``COMMIT`` last, so a failure changes nothing (see
+  :class:`StagedRestore`). A database holding any table, view or sequence outside the
+  ledger is refused unless ``force``. Sequences are never rewound.
 - :func:`verify` restores into a scratch database (:func:`releasegate.db.scratch_database`)
   and compares its schema snapshot, rows per table and Alembic revision with the manifest.
 - :func:`counts` reads the live figures in the manifest's shape.
@@ -22,7 +23,7 @@ The four operations of :mod:`releasegate.backup.base`:
 the dump (``--exclude-schema``) and from the restore: the ledger is evidence of what
 happened, and restoring a backup must not roll that evidence back.
 
-The password reaches ``pg_dump`` and ``pg_restore`` through the ``PGPASSWORD``
+The password reaches ``pg_dump``, ``pg_restore`` and ``psql`` through the ``PGPASSWORD``
 environment of the child process: it never appears on a command line, in a log line or
 in the manifest. ``pg_dump`` must be at least as new as the server: the binary is looked
 up as ``/usr/lib/postgresql/<server major>/bin/pg_dump`` first (Debian/Ubuntu's layout),
@@ -34,6 +35,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import io
+import json
 import logging
 import os
 import re
@@ -51,9 +54,9 @@ from psycopg import sql
 
 from releasegate import db
 from releasegate.backup import content_postgres
-from releasegate.backup.base import Difference, FileEntry, StoreBackup
+from releasegate.backup.base import CHUNK, Difference, FileEntry, StoreBackup, set_file
 from releasegate.config import Settings
-from releasegate.errors import CheckFailed, ConfigError, InfraError, StateError
+from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
 from releasegate.ledger.schema import LEDGER_SCHEMA
 from releasegate.migrations import schema as schema_snapshot
 from releasegate.secrets import redact
@@ -176,23 +179,32 @@ def libpq_target(url: str, purpose: str) -> tuple[str, dict[str, str]]:
 class ToolRun:
     """A running client program whose stderr is streamed (logged at debug, tail kept)."""
 
-    def __init__(self, tool: PgTool, args: Sequence[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tool: PgTool,
+        args: Sequence[str],
+        env: dict[str, str],
+        *,
+        pipe_in: bool = False,
+        pipe_out: bool = False,
+    ) -> None:
         self.tool = tool
         self.started = time.monotonic()
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         try:
+            # Binary pipes (``pipe_in``/``pipe_out``) carry SQL between two programs.
             self.proc = subprocess.Popen(
                 [tool.path, *args],
                 env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if pipe_in else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipe_out else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
             )
         except OSError as exc:
             raise InfraError(f"cannot run {tool.name}: {exc}") from None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,), daemon=True)
+        assert self.proc.stderr is not None
+        stderr = io.TextIOWrapper(self.proc.stderr, errors="replace")
+        self._reader = threading.Thread(target=self._read, args=(stderr,), daemon=True)
         self._reader.start()
 
     def _read(self, stream: IO[str] | None) -> None:
@@ -207,13 +219,21 @@ class ToolRun:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         self.proc.wait()
         self._reader.join(timeout=5)
 
-    def wait(self, target: str) -> float:
-        """Wait for the program; raise a one-line error if it failed. Returns seconds."""
+    def finish(self) -> int:
+        """Wait for the program and its last message; its exit code."""
         code = self.proc.wait()
         self._reader.join(timeout=10)
+        return code
+
+    def wait(self, target: str) -> float:
+        """Wait for the program; raise a one-line error if it failed. Returns seconds."""
+        code = self.finish()
         took = time.monotonic() - self.started
         if code != 0:
             raise tool_error(self.tool.name, code, list(self.tail), target)
@@ -432,10 +452,47 @@ def backup(settings: Settings, set_dir: Path) -> StoreBackup:
 # -- restore ------------------------------------------------------------------------------
 
 
-def dump_source(set_dir: Path, entry: StoreBackup) -> Path:
-    """The dump file (custom) or folder (directory format) of a Postgres entry."""
+def _dump_format(entry: StoreBackup) -> str:
     fmt = entry.extra.get("format") or ("directory" if "directory" in entry.method else "custom")
-    path = set_dir / (DUMP_DIR if fmt == "directory" else DUMP_FILE)
+    return "directory" if fmt == "directory" else "custom"
+
+
+def required_files(entry: StoreBackup) -> list[str]:
+    """The manifest file names a restore of ``entry`` reads: ``postgres.dump``, or the
+    ``toc.dat`` and data files of ``postgres/`` (all listed ones) in directory format."""
+    if _dump_format(entry) == "custom":
+        return [DUMP_FILE]
+    listed = [f.name for f in entry.files if f.name.startswith(f"{DUMP_DIR}/")]
+    return list(dict.fromkeys([f"{DUMP_DIR}/toc.dat", *listed]))
+
+
+def dump_source(set_dir: Path, entry: StoreBackup) -> Path:
+    """The dump file (custom) or folder (directory format) of a Postgres entry.
+
+    Only files the manifest lists (and so were checksummed) may be read: a missing entry,
+    a file outside the set folder or, in directory format, an unlisted file in the dump
+    folder is :class:`CheckFailed`.
+    """
+    listed = {f.name for f in entry.files}
+    for name in required_files(entry):
+        if name not in listed:
+            raise CheckFailed(
+                f"backup set {set_dir.name} is damaged: the manifest lists no file {name}"
+            )
+    if _dump_format(entry) == "custom":
+        path = set_file(set_dir, DUMP_FILE)
+    else:
+        path = set_file(set_dir, DUMP_DIR)
+        extra = sorted(
+            name
+            for p in path.rglob("*")
+            if not p.is_dir() and (name := p.relative_to(set_dir).as_posix()) not in listed
+        )
+        if extra:
+            raise CheckFailed(
+                f"backup set {set_dir.name} is damaged: {extra[0]} is in the dump folder"
+                " but not in the manifest"
+            )
     if not path.exists():
         raise CheckFailed(f"postgres dump {path.name} is missing from backup set {set_dir.name}")
     return path
@@ -514,56 +571,35 @@ _DROP_RELATION = {
 }
 
 
-def clear_database(conn: psycopg.Connection[Any], target: str, lock_timeout: float) -> int:
-    """Drop every object of the service (all but the ledger) in one transaction.
+def clear_statements(conn: psycopg.Connection[Any]) -> list[sql.Composed]:
+    """The statements that drop every object of the service (all but the ledger).
 
     Schemas other than ``public`` (and the ledger) are dropped whole; in ``public``,
     relations, routines and types are dropped one by one, so the schema keeps its owner
-    and privileges. Returns how many objects were dropped.
+    and privileges.
     """
     statements: list[sql.Composed] = []
-    try:
-        with conn.transaction():
-            conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, true)", (f"{round(lock_timeout * 1000)}ms",)
+    params = {"excluded": list(EXCLUDED_SCHEMAS)}
+    for (name,) in conn.execute(_SCHEMAS_TO_DROP, params).fetchall():
+        statements.append(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    for kind, schema, name in _relations(conn, "rpfvmS"):
+        if schema != "public":
+            continue
+        statements.append(
+            sql.SQL("DROP {} IF EXISTS {}.{} CASCADE").format(
+                sql.SQL(_DROP_RELATION[kind]), sql.Identifier(schema), sql.Identifier(name)
             )
-            params = {"excluded": list(EXCLUDED_SCHEMAS)}
-            for (name,) in conn.execute(_SCHEMAS_TO_DROP, params).fetchall():
-                statements.append(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
-                )
-            for kind, schema, name in _relations(conn, "rpfvmS"):
-                if schema != "public":
-                    continue
-                statements.append(
-                    sql.SQL("DROP {} IF EXISTS {}.{} CASCADE").format(
-                        sql.SQL(_DROP_RELATION[kind]), sql.Identifier(schema), sql.Identifier(name)
-                    )
-                )
-            for (signature,) in conn.execute(_ROUTINES).fetchall():
-                statements.append(
-                    sql.SQL("DROP ROUTINE IF EXISTS {} CASCADE").format(sql.SQL(signature))
-                )
-            for typtype, schema, name in conn.execute(_TYPES).fetchall():
-                what = "DOMAIN" if typtype == "d" else "TYPE"
-                statements.append(
-                    sql.SQL("DROP {} IF EXISTS {}.{} CASCADE").format(
-                        sql.SQL(what), sql.Identifier(schema), sql.Identifier(name)
-                    )
-                )
-            for statement in statements:
-                conn.execute(statement)
-    except psycopg.errors.LockNotAvailable:
-        raise StateError(
-            f"cannot clear Postgres {target} for the restore: its tables are in use"
-            " (lock timeout); stop the service first"
-        ) from None
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise StateError(
-            f"cannot clear Postgres {target} for the restore: {db.first_line(exc)}"
-        ) from None
-    return len(statements)
+        )
+    for (signature,) in conn.execute(_ROUTINES).fetchall():
+        statements.append(sql.SQL("DROP ROUTINE IF EXISTS {} CASCADE").format(sql.SQL(signature)))
+    for typtype, schema, name in conn.execute(_TYPES).fetchall():
+        what = "DOMAIN" if typtype == "d" else "TYPE"
+        statements.append(
+            sql.SQL("DROP {} IF EXISTS {}.{} CASCADE").format(
+                sql.SQL(what), sql.Identifier(schema), sql.Identifier(name)
+            )
+        )
+    return statements
 
 
 def _restore_args(jobs: int, *, clean: bool, owners: bool) -> list[str]:
@@ -602,45 +638,219 @@ def run_restore(
         raise
 
 
+# Inside the restore's transaction: remember how far each sequence has gone, and after the
+# restore move any sequence the set would rewind back to where it was (ids handed out
+# before the restore are never handed out again). The sequences kept are printed as JSON
+# after the marker line that tells releasegate that every statement has run.
+_SEQUENCES_BEFORE = """
+CREATE TEMPORARY TABLE rg_sequences_before ON COMMIT DROP AS
+SELECT schemaname, sequencename, last_value FROM pg_catalog.pg_sequences
+WHERE last_value IS NOT NULL AND schemaname NOT IN ({excluded});
+"""
+_SEQUENCES_AFTER = """
+CREATE TEMPORARY TABLE rg_sequences_kept (name text, value bigint) ON COMMIT DROP;
+DO $releasegate$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT pg_catalog.format('%I.%I', s.schemaname, s.sequencename) AS name,
+           greatest(least(b.last_value, s.max_value), s.min_value) AS keep
+    FROM pg_temp.rg_sequences_before b
+    JOIN pg_catalog.pg_sequences s USING (schemaname, sequencename)
+    WHERE (s.increment_by > 0 AND (s.last_value IS NULL OR s.last_value < b.last_value))
+       OR (s.increment_by < 0 AND (s.last_value IS NULL OR s.last_value > b.last_value))
+  LOOP
+    PERFORM pg_catalog.setval(r.name::pg_catalog.regclass, r.keep, true);
+    INSERT INTO pg_temp.rg_sequences_kept VALUES (r.name, r.keep);
+  END LOOP;
+END $releasegate$;
+SELECT coalesce(pg_catalog.json_object_agg(name, value)::text, '{}') AS rg_kept
+FROM pg_temp.rg_sequences_kept \\gset
+\\echo releasegate-prepared
+\\echo :rg_kept
+"""
+_PREPARED = b"releasegate-prepared"
+_UNCHANGED = "the restore was rolled back, the database is unchanged"
+_PSQL_PREFIX_RE = re.compile(r"^psql:[^:]*:\d+: (ERROR|FATAL):\s+")
+
+
+def _restore_script(
+    conn: psycopg.Connection[Any], drops: Sequence[sql.Composed], lock_timeout: float
+) -> tuple[bytes, bytes]:
+    """The SQL around the dump's own script, up to the point where only ``COMMIT`` is left:
+    (preamble, epilogue)."""
+    excluded = sql.SQL(", ").join(sql.Literal(s) for s in EXCLUDED_SCHEMAS)
+    lines = [
+        "BEGIN;",
+        f"SET LOCAL lock_timeout = '{round(lock_timeout * 1000)}ms';",
+        sql.SQL(_SEQUENCES_BEFORE).format(excluded=excluded).as_string(conn),
+        *(f"{statement.as_string(conn)};" for statement in drops),
+        "",
+    ]
+    return "\n".join(lines).encode(), _SEQUENCES_AFTER.encode()
+
+
+def _psql_error(run: ToolRun, code: int, target: str) -> InfraError | CheckFailed:
+    lines = [_PSQL_PREFIX_RE.sub("error: ", line) for line in run.tail]
+    if any("lock timeout" in line for line in lines):
+        return StateError(
+            f"cannot restore Postgres {target}: its tables are in use (lock timeout); {_UNCHANGED}"
+        )
+    error = tool_error("psql", code, lines, target)
+    return type(error)(f"{error}; {_UNCHANGED}")
+
+
+class StagedRestore:
+    """A Postgres restore prepared in ONE open transaction: only its ``COMMIT`` is left.
+
+    ``pg_restore --file=-`` turns the dump into SQL, which is relayed to ``psql`` after a
+    preamble (``BEGIN``, ``lock_timeout``, the sequences' positions, every ``DROP`` of
+    :func:`clear_statements`) and before an epilogue (sequences never rewound, then a
+    marker line ``psql`` prints once every statement has run). Building the object waits
+    for that marker; :meth:`commit` sends ``COMMIT``. On any failure before it (a damaged
+    dump, a lock held too long, a lost connection, :meth:`abort`, this process dying)
+    ``psql`` is stopped or its input ends without ``COMMIT``, and the server rolls the
+    transaction back: the database is exactly as it was. Meanwhile the transaction holds
+    its locks: the service's queries on those tables wait. The price of one transaction:
+    no ``-j`` parallelism for the restore.
+    """
+
+    store = STORE
+
+    def __init__(self, settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool):
+        self.settings = settings
+        self.url = settings.postgres_url()
+        source = dump_source(set_dir, entry)
+        self.target = db.describe_target(
+            db.check_url(self.url, f"${settings.raw.postgres.url_env}")
+        )
+        self.started = time.monotonic()
+        with _connect(settings, self.url, "backup restore") as conn:
+            major, _version = _server_version(conn)
+            self.alembic_before = format_alembic(alembic_revisions(conn))
+            if not force:
+                refuse_non_empty(conn, self.target)
+            self.drops = clear_statements(conn)
+            preamble, epilogue = _restore_script(
+                conn, self.drops, settings.raw.migrations.lock_timeout
+            )
+        dumper = find_tool("pg_restore", major)
+        self.tool_version = dumper.version
+        libpq_url, env = libpq_target(self.url, "restore psql")
+        self.psql = ToolRun(
+            find_tool("psql", major),
+            [
+                "--no-psqlrc",
+                "--quiet",
+                "--set=ON_ERROR_STOP=1",
+                f"--output={os.devnull}",
+                "--file=-",
+                f"--dbname={libpq_url}",
+            ],
+            env,
+            pipe_in=True,
+            pipe_out=True,
+        )
+        self.kept: dict[str, int] = {}
+        try:
+            self._prepare(dumper, env, source, preamble, epilogue)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _prepare(
+        self, dumper: PgTool, env: dict[str, str], source: Path, preamble: bytes, epilogue: bytes
+    ) -> None:
+        script = [*_restore_args(1, clean=False, owners=True), "--file=-", str(source)]
+        dump = ToolRun(dumper, script, env, pipe_out=True)
+        stdin, stdout = self.psql.proc.stdin, self.psql.proc.stdout
+        assert stdin is not None and stdout is not None and dump.proc.stdout is not None
+        try:
+            stdin.write(preamble)
+            while chunk := dump.proc.stdout.read(CHUNK):
+                stdin.write(chunk)
+            if (code := dump.finish()) != 0:
+                error = tool_error(dumper.name, code, list(dump.tail), self.target)
+                raise type(error)(f"{error}; {_UNCHANGED}")
+            stdin.write(epilogue)
+            stdin.flush()
+        except BrokenPipeError:  # psql stopped at an error: its own message says which
+            pass
+        finally:
+            dump.kill()
+        lines = iter(stdout.readline, b"")
+        if any(line.strip() == _PREPARED for line in lines):
+            self.kept = {str(k): int(v) for k, v in json.loads(next(lines, b"{}")).items()}
+            return
+        raise _psql_error(self.psql, self.psql.finish(), self.target)
+
+    def commit(self) -> dict[str, Any]:
+        """Send ``COMMIT``; the restored figures. A failure leaves the database as it was."""
+        stdin = self.psql.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(b"COMMIT;\n")
+            stdin.close()
+        except BrokenPipeError:
+            pass
+        if (code := self.psql.finish()) != 0:
+            raise _psql_error(self.psql, code, self.target)
+        timings = {"restore": time.monotonic() - self.started}
+        with _connect(self.settings, self.url, "backup restore") as conn:
+            step = time.monotonic()
+            conn.execute("ANALYZE")
+            timings["analyze"] = time.monotonic() - step
+            step = time.monotonic()
+            tables = count_rows(conn)
+            after = format_alembic(alembic_revisions(conn))
+            timings["counts"] = time.monotonic() - step
+        return {
+            "database": self.target,
+            "dropped_objects": len(self.drops),
+            "tables": tables,
+            "rows": sum(tables.values()),
+            "alembic_before": self.alembic_before,
+            "alembic_after": after,
+            "sequences_kept": self.kept,
+            "pg_restore": self.tool_version,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+
+    def abort(self) -> None:
+        """Stop ``psql`` before its ``COMMIT``: the server rolls everything back."""
+        self.psql.kill()
+
+    def undo(self) -> None:
+        """A committed Postgres restore cannot be undone: commit it last."""
+        raise RollbackFailed(f"the restore of Postgres {self.target} is committed already")
+
+    def finish(self) -> None:
+        """Nothing is kept for an undo."""
+
+
+def stage(
+    settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool = False
+) -> StagedRestore:
+    """Prepare the restore of the set's dump in one open transaction (:class:`StagedRestore`).
+
+    Refuses (:class:`StateError`, exit 1) a database that holds any table, view or sequence
+    outside the ledger, unless ``force``: then everything but the ledger is dropped in
+    the restore's own transaction. The ledger schema is never touched.
+    """
+    return StagedRestore(settings, set_dir, entry, force=force)
+
+
 def restore(
     settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool = False
 ) -> dict[str, Any]:
-    """Restore the set's dump into the configured database: schema, data, ``alembic_version``.
+    """Restore the set's dump into the configured database: schema, data, ``alembic_version``,
+    all or nothing (:func:`stage`, then :meth:`StagedRestore.commit`).
 
-    Refuses (:class:`StateError`, exit 1) a database that holds any table, view or sequence
-    outside the ledger, unless ``force``: then everything but the ledger is dropped first.
-    The ledger schema is never touched. Returns the restored figures and revisions.
+    Sequences are never rewound below what they had handed out. Returns the restored
+    figures.
     """
-    url = settings.postgres_url()
-    source = dump_source(set_dir, entry)
-    target = db.describe_target(db.check_url(url, f"${settings.raw.postgres.url_env}"))
-    started = time.monotonic()
-    with _connect(settings, url, "backup restore") as conn:
-        before = format_alembic(alembic_revisions(conn))
-        if not force:
-            refuse_non_empty(conn, target)
-        dropped = clear_database(conn, target, settings.raw.migrations.lock_timeout)
-    timings = {"clear": time.monotonic() - started}
-    tool, timings["pg_restore"] = run_restore(settings, url, source, purpose="restore")
-    with _connect(settings, url, "backup restore") as conn:
-        step = time.monotonic()
-        conn.execute("ANALYZE")
-        timings["analyze"] = time.monotonic() - step
-        step = time.monotonic()
-        tables = count_rows(conn)
-        after = format_alembic(alembic_revisions(conn))
-        timings["counts"] = time.monotonic() - step
-    return {
-        "database": target,
-        "dropped_objects": dropped,
-        "tables": tables,
-        "rows": sum(tables.values()),
-        "alembic_before": before,
-        "alembic_after": after,
-        "pg_restore": tool.version,
-        "seconds": round(time.monotonic() - started, 3),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    return stage(settings, set_dir, entry, force=force).commit()
 
 
 # -- verify -------------------------------------------------------------------------------

@@ -53,14 +53,29 @@ from urllib.parse import quote
 
 import httpx
 
-from releasegate.backup.base import CHUNK, Difference, FileEntry, StoreBackup, sha256_file
+from releasegate.backup.base import (
+    CHUNK,
+    Difference,
+    FileEntry,
+    StoreBackup,
+    set_file,
+    sha256_file,
+)
 from releasegate.config import Settings
-from releasegate.errors import CheckFailed, ConfigError, InfraError, StateError
+from releasegate.errors import (
+    CheckFailed,
+    ConfigError,
+    InfraError,
+    ReleasegateError,
+    RollbackFailed,
+    StateError,
+)
 from releasegate.migrations.qdrant import applied_version
 from releasegate.stores.qdrant import (
     CollectionSpec,
     PointData,
     QdrantStore,
+    connect_settings,
     first_line,
     using,
 )
@@ -78,6 +93,7 @@ FORMAT = "releasegate.qdrant.points"
 FORMAT_VERSION = 1
 SUBDIR = "qdrant"
 SCRATCH_MARK = "__rgverify_"
+HOLD_MARK = "__rgprev_"  # a collection's copy held while a restore replaces it
 _GZIP_LEVEL = 4
 
 
@@ -204,7 +220,7 @@ class Coverage:
 
 
 def is_scratch(name: str) -> bool:
-    return SCRATCH_MARK in name
+    return SCRATCH_MARK in name or HOLD_MARK in name
 
 
 def coverage(settings: Settings, store: QdrantStore) -> Coverage:
@@ -412,7 +428,7 @@ def _upload_snapshot(store: QdrantStore, path: Path, collection: str, sha256: st
 def _check_files(set_dir: Path, entry: StoreBackup) -> list[Difference]:
     problems = []
     for f in entry.files:
-        path = set_dir / f.name
+        path = set_file(set_dir, f.name)
         if not path.is_file():
             problems.append(Difference(STORE, f"file {f.name}", "present", "missing"))
             continue
@@ -427,9 +443,23 @@ def _plan(entry: StoreBackup) -> tuple[dict[str, CollectionSpec], dict[str, str]
         raise ConfigError(f"not a Qdrant backup entry: {entry.store} / {entry.method}")
     try:
         specs = {c: CollectionSpec.from_dict(s) for c, s in entry.extra["collections"].items()}
-        return specs, dict(entry.extra["aliases"]), dict(entry.extra["files"])
-    except (KeyError, TypeError, ValueError) as exc:
+        aliases, files = dict(entry.extra["aliases"]), dict(entry.extra["files"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckFailed(f"the Qdrant manifest entry is malformed: {first_line(exc)}") from None
+    listed = {f.name for f in entry.files}
+    for collection in specs:
+        if files.get(collection) not in listed:
+            raise CheckFailed(
+                f"the Qdrant manifest entry is malformed: the file of {collection}"
+                f" ({files.get(collection)}) is not among its files"
+            )
+    return specs, aliases, files
+
+
+def required_files(entry: StoreBackup) -> list[str]:
+    """The manifest files a restore of ``entry`` reads: one per collection."""
+    _specs, _aliases, files = _plan(entry)
+    return sorted(set(files.values()))
 
 
 def _load_file(
@@ -442,7 +472,7 @@ def _load_file(
     batch_size: int,
     sample: Reservoir | None = None,
 ) -> None:
-    path = set_dir / file_name
+    path = set_file(set_dir, file_name)
     if entry.method == METHOD_SNAPSHOT:
         sha = next(f.sha256 for f in entry.files if f.name == file_name)
         _upload_snapshot(store, path, collection, sha)
@@ -454,33 +484,71 @@ def _load_file(
             sample.offer(batch)
 
 
-def restore(
-    settings: Settings,
-    set_dir: Path,
-    entry: StoreBackup,
-    *,
-    force: bool = False,
-    store: QdrantStore | None = None,
-) -> dict[str, Any]:
-    """Put the backed-up collections and aliases back into the configured Qdrant.
+def _copy_collection(store: QdrantStore, source: str, target: str, batch_size: int) -> None:
+    """Create ``target`` like ``source`` and copy every point; :class:`CheckFailed` if the
+    copy does not hold as many points."""
+    store.create_collection(target, store.spec(source))
+    for batch in store.scroll_batches(source, batch_size):
+        store.upsert(target, batch)
+    if (want := store.count(source)) != (got := store.count(target)):
+        raise CheckFailed(f"copying {source} into {target} gave {got} points, not {want}")
 
-    Checks every file's checksum before touching anything. Refuses (:class:`StateError`)
-    when one of the collections exists with points, or an alias name is taken by a
-    collection, unless ``force``: then those collections are dropped and recreated.
-    Returns ``{"collections": {NAME: points}, "aliases": {ALIAS: NAME}}``.
+
+class StagedRestore:
+    """A Qdrant restore made ready without changing what the service reads.
+
+    Qdrant cannot rename a collection, and the restored collections keep their names (the
+    migration version is read from them), so the set cannot be loaded beside the live
+    collections. Building this object instead checks everything it can first: the files'
+    checksums and, for points files, every point decodes and the trailer counts them;
+    then it copies each collection the restore replaces into a held collection
+    ``<name>__rgprev_<hex>``. :meth:`commit` drops those collections, loads the set and
+    sets its aliases; when that fails it puts the held copies back itself. :meth:`undo`
+    does the same after a commit, :meth:`finish` drops the held copies. A failed undo is
+    :class:`RollbackFailed`, naming the held copies.
     """
-    specs, aliases, files = _plan(entry)
-    damaged = _check_files(set_dir, entry)
-    if damaged:
-        raise CheckFailed(
-            f"the Qdrant backup is damaged, nothing restored: {damaged[0].describe()}"
-            + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
-        )
-    batch_size = _batch_size(settings)
-    with using(settings, store) as st:
+
+    store = STORE
+
+    def __init__(
+        self,
+        settings: Settings,
+        set_dir: Path,
+        entry: StoreBackup,
+        *,
+        force: bool,
+        store: QdrantStore | None = None,
+    ):
+        self.set_dir, self.entry = set_dir, entry
+        self.specs, self.aliases, self.files = _plan(entry)
+        damaged = _check_files(set_dir, entry)
+        if damaged:
+            raise CheckFailed(
+                f"the Qdrant backup is damaged, nothing restored: {damaged[0].describe()}"
+                + (f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else "")
+            )
+        self.batch_size = _batch_size(settings)
+        if entry.method == METHOD_SCROLL:
+            for collection in self.specs:
+                path = set_file(set_dir, self.files[collection])
+                for _batch in iter_points_file(path, self.batch_size):
+                    pass
+        self.owned = store is None
+        self.st = connect_settings(settings) if store is None else store
+        self.held: dict[str, str] = {}
+        self.finished = False
+        try:
+            self._hold(force)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _hold(self, force: bool) -> None:
+        st = self.st
         live = set(st.collections())
-        occupied = {c: st.count(c) for c in specs if c in live}
-        taken = sorted(a for a in aliases if a in live)
+        self.aliases_before = st.aliases()
+        occupied = {c: st.count(c) for c in self.specs if c in live}
+        taken = sorted(a for a in self.aliases if a in live)
         non_empty = {c: n for c, n in occupied.items() if n > 0}
         if (non_empty or taken) and not force:
             what = [f"{c} has {n} points" for c, n in sorted(non_empty.items())]
@@ -489,14 +557,117 @@ def restore(
                 f"Qdrant ({st.target}) is not empty: {', '.join(what)};"
                 " restore with force to replace"
             )
+        token = uuid.uuid4().hex[:8]
         for name in sorted({*occupied, *taken}):
-            st.drop_collection(name)
+            self.held[name] = f"{name}{HOLD_MARK}{token}"
+            _copy_collection(st, name, self.held[name], self.batch_size)
+
+    def commit(self) -> dict[str, Any]:
+        """Replace the collections and aliases; on failure they are put back as they were."""
         restored = {}
-        for collection, spec in specs.items():
-            _load_file(st, set_dir, entry, files[collection], collection, spec, batch_size)
-            restored[collection] = st.count(collection)
-        st.set_aliases(aliases)
-        return {"collections": restored, "aliases": aliases}
+        try:
+            for name in self.held:
+                self.st.drop_collection(name)
+            for collection, spec in self.specs.items():
+                _load_file(
+                    self.st,
+                    self.set_dir,
+                    self.entry,
+                    self.files[collection],
+                    collection,
+                    spec,
+                    self.batch_size,
+                )
+                restored[collection] = self.st.count(collection)
+            self.st.set_aliases(self.aliases)
+        except ReleasegateError as exc:
+            self._put_back()
+            raise type(exc)(f"{exc}; the previous collections were put back") from None
+        except BaseException:
+            self._put_back()
+            raise
+        return {"collections": restored, "aliases": self.aliases}
+
+    def _put_back(self) -> None:
+        """Drop what the restore created, copy each held collection back under its name,
+        point the aliases as before, drop the held copies."""
+        st = self.st
+        try:
+            for name in self.specs:
+                if st.exists(name):
+                    st.drop_collection(name)
+            for name, hold in self.held.items():
+                if st.exists(name):
+                    st.drop_collection(name)
+                _copy_collection(st, hold, name, self.batch_size)
+            for alias in set(st.aliases()) - set(self.aliases_before):
+                st.delete_alias(alias)
+            live = set(st.collections())
+            st.set_aliases({a: c for a, c in self.aliases_before.items() if c in live})
+        except ReleasegateError as exc:
+            held = ", ".join(self.held.values()) or "no collection"
+            self.finished = True  # the held copies are all that is left: keep them
+            if self.owned:
+                self.st.close()
+            raise RollbackFailed(
+                f"putting the previous Qdrant collections back failed ({exc});"
+                f" they are kept in {held}"
+            ) from None
+        self.finish()
+
+    def abort(self) -> None:
+        """Drop the held copies: the live collections were never touched."""
+        self.finish()
+
+    def undo(self) -> None:
+        """Put the collections and aliases back as they were before :meth:`commit`."""
+        self._put_back()
+
+    def finish(self) -> None:
+        """Drop the held copies (and close a store opened here); once only."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            for hold in self.held.values():
+                if self.st.exists(hold):
+                    self.st.drop_collection(hold)
+        finally:
+            if self.owned:
+                self.st.close()
+
+
+def stage(
+    settings: Settings,
+    set_dir: Path,
+    entry: StoreBackup,
+    *,
+    force: bool = False,
+    store: QdrantStore | None = None,
+) -> StagedRestore:
+    """Check the set's Qdrant files and hold copies of what it replaces (:class:`StagedRestore`).
+
+    Refuses (:class:`StateError`) when one of the collections exists with points, or an
+    alias name is taken by a collection, unless ``force``.
+    """
+    return StagedRestore(settings, set_dir, entry, force=force, store=store)
+
+
+def restore(
+    settings: Settings,
+    set_dir: Path,
+    entry: StoreBackup,
+    *,
+    force: bool = False,
+    store: QdrantStore | None = None,
+) -> dict[str, Any]:
+    """Put the backed-up collections and aliases back into the configured Qdrant, all or
+    nothing (:func:`stage`, then commit). Returns ``{"collections": {NAME: points},
+    "aliases": {ALIAS: NAME}}``."""
+    staged = stage(settings, set_dir, entry, force=force, store=store)
+    outcome = staged.commit()
+    staged.finish()
+    return outcome
 
 
 # -- verify --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ writers first (the blue/green flow takes it with the old color drained).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -53,9 +54,9 @@ from typing import IO, Any, BinaryIO
 
 import redis
 
-from releasegate.backup.base import Difference, FileEntry, StoreBackup
+from releasegate.backup.base import Difference, FileEntry, StoreBackup, set_file
 from releasegate.config import RedisSection, Settings
-from releasegate.errors import CheckFailed, ConfigError, InfraError, StateError
+from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
 from releasegate.secrets import mask_url
 from releasegate.stores import redis as stores
 
@@ -714,17 +715,6 @@ def first_matching_key(client: redis.Redis, patterns: Sequence[str]) -> bytes | 
     return None
 
 
-def delete_matching(client: redis.Redis, patterns: Sequence[str], batch: int = 1000) -> int:
-    """UNLINK every key matching one of ``patterns``, page by page; returns the count."""
-    pattern_set = stores.PatternSet(patterns)
-    removed = 0
-    for _cursor, page in stores.scan_pages(client, pattern_set.match, batch):
-        doomed = [key for key in page if pattern_set.wanted(key)]
-        if doomed:
-            removed += int(client.unlink(*doomed))
-    return removed
-
-
 def _probe(client: redis.Redis, path: Path) -> None:
     """RESTORE the first key under a throwaway name, so that a payload this server cannot
     read (a dump from a newer Redis) fails before anything is written."""
@@ -753,7 +743,6 @@ def restore_file(
     batch_size: int = 1000,
     key_prefix: bytes = b"",
     ttl_floor_ms: int | None = None,
-    clear: bool = False,
 ) -> RestoreResult:
     """RESTORE every key of a dump file into ``client``'s database, in pipelined batches.
 
@@ -761,9 +750,7 @@ def restore_file(
     nothing is written. Unless ``check_empty`` is off, a target holding any key that
     matches the file's patterns is refused (:class:`StateError`). Keys keep their remaining
     TTL (``RESTORE ... ABSTTL``, against the server's clock); keys whose TTL ran out since
-    the backup are skipped and counted. ``replace`` overwrites existing keys (``REPLACE``);
-    ``clear`` first removes every key matching the patterns, so that keys created after
-    the backup do not survive it (the store ends exactly as backed up).
+    the backup are skipped and counted. ``replace`` overwrites existing keys (``REPLACE``).
     ``key_prefix`` restores each key under a prefix; ``ttl_floor_ms`` gives every key with
     a TTL at least that much (a scratch copy whose keys must not expire while it is being
     checked). Two batches are kept in flight, so reading the file overlaps with Redis
@@ -781,8 +768,6 @@ def restore_file(
                 f" backup's patterns {patterns}; empty it first or force the restore"
             )
     _probe(client, path)
-    if clear:
-        delete_matching(client, [stores.glob_escape(key_prefix.decode()) + p for p in patterns])
     restored = KeyCounts(patterns)
     skipped = KeyCounts(patterns)
     result = RestoreResult()
@@ -924,46 +909,201 @@ def backup(settings: Settings, set_dir: Path) -> StoreBackup:
     )
 
 
+def required_files(entry: StoreBackup) -> list[str]:
+    """The manifest file a restore of ``entry`` reads: its one ``.rgdump`` file."""
+    names = [f.name for f in entry.files if f.name.endswith(".rgdump")]
+    if len(names) > 1:
+        raise CheckFailed(f"the redis entry lists {len(names)} .rgdump files, not one")
+    return names or [FILE_NAME]
+
+
 def dump_path(set_dir: Path, entry: StoreBackup) -> Path:
-    names = [f.name for f in entry.files if f.name.endswith(".rgdump")] or [FILE_NAME]
-    path = set_dir / names[0]
+    """The entry's dump file; only a file the manifest lists (and so was checksummed)."""
+    name = required_files(entry)[0]
+    if name not in {f.name for f in entry.files}:
+        raise CheckFailed(f"backup set {set_dir.name} is damaged: the manifest lists no {name}")
+    path = set_file(set_dir, name)
     if not path.is_file():
-        raise CheckFailed(f"redis backup file {names[0]} is missing from {set_dir.name}")
+        raise CheckFailed(f"redis backup file {name} is missing from {set_dir.name}")
     return path
+
+
+# Where a restore stages the set's keys and holds the live ones until every store is done;
+# the release lock keeps restores apart.
+STAGING_PREFIX = b"releasegate:restore:"
+
+
+def _unlink_all(client: redis.Redis, match: str, batch: int) -> int:
+    removed = 0
+    for _cursor, page in stores.scan_pages(client, match, batch):
+        if page:
+            removed += int(client.unlink(*page))
+    return removed
+
+
+def _keys(client: redis.Redis, prefix: bytes, batch: int) -> list[bytes]:
+    match = stores.glob_escape(prefix.decode()) + "*"
+    return [key for _cursor, page in stores.scan_pages(client, match, batch) for key in page]
+
+
+def _execute(pipe: Any, doing: str) -> list[Any]:
+    """Run a MULTI; a key gone by then (its TTL ran out) is not an error."""
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    failed = [
+        r for r in replies if isinstance(r, Exception) and "no such key" not in str(r).lower()
+    ]
+    if failed:
+        raise CheckFailed(f"{doing} failed: {stores.first_line(failed[0])}")
+    return replies
+
+
+class StagedRestore:
+    """A Redis restore staged beside the live keys: swapped in by :meth:`commit`.
+
+    Building it RESTOREs every key of the file under ``releasegate:restore:<token>:new:``;
+    a failure there (a payload this server rejects, a lost connection) removes what was
+    staged and leaves the live keys as they were. :meth:`commit` is one ``MULTI``: each
+    live key matching the patterns is renamed under ``...:old:`` (held), each staged key
+    renamed to its name, the version key set; no client sees a state in between, and a
+    connection lost before ``EXEC`` changes nothing. :meth:`undo` swaps back the same
+    way; :meth:`finish` drops the held keys. Staged or held keys that a killed restore
+    left behind are removed by the next restore.
+    """
+
+    store = "redis"
+
+    def __init__(self, settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool):
+        section = _section(settings)
+        self.batch = section.batch_size
+        path = dump_path(set_dir, entry)
+        meta, _n = check_file(path)
+        self.patterns = list(meta.get("patterns") or ["*"])
+        token = STAGING_PREFIX + uuid.uuid4().hex[:12].encode()
+        self.new, self.old = token + b":new:", token + b":old:"
+        self.version_key: str | None = None
+        exported = entry.extra.get("patterns", section.patterns)
+        if not stores.PatternSet(exported).matching(section.version_key.encode()):
+            self.version_key = section.version_key
+        self.version = entry.versions.get("redis")
+        self.client = _client(settings, "restore")
+        self.swapped: list[bytes] = []
+        self.held: list[bytes] = []
+        self.version_before: bytes | None = None
+        try:
+            if not force and (found := first_matching_key(self.client, self.patterns)) is not None:
+                raise StateError(
+                    f"refusing to restore into a non-empty Redis: key {found[:80]!r} matches"
+                    f" the backup's patterns {self.patterns}; empty it first or force the restore"
+                )
+            _unlink_all(self.client, stores.glob_escape(STAGING_PREFIX.decode()) + "*", self.batch)
+            self.result = restore_file(
+                self.client, path, check_empty=False, batch_size=self.batch, key_prefix=self.new
+            )
+            self.result.version = self.version
+        except redis.RedisError as exc:
+            self.abort()
+            raise stores.infra_error(self.client, exc, "staging the restored keys") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> dict[str, Any]:
+        """Swap the staged keys in (one ``MULTI``); a failure leaves Redis as it was."""
+        try:
+            staged = _keys(self.client, self.new, self.batch)
+            live = stores.PatternSet(self.patterns, exclude_prefixes=[STAGING_PREFIX])
+            current = [
+                key
+                for _cursor, page in stores.scan_pages(self.client, live.match, self.batch)
+                for key in page
+                if live.wanted(key)
+            ]
+            if self.version_key is not None:
+                value = self.client.get(self.version_key)
+                self.version_before = value if isinstance(value, bytes) else None
+            pipe = self.client.pipeline(transaction=True)
+            for key in current:
+                pipe.rename(key, self.old + key)
+            for key in staged:
+                pipe.rename(key, key[len(self.new) :])
+            if self.version_key is not None:
+                if self.version is None:
+                    pipe.delete(self.version_key)
+                else:
+                    pipe.set(self.version_key, self.version)
+            replies = _execute(pipe, "the swap of the restored keys")
+        except redis.RedisError as exc:
+            raise stores.infra_error(self.client, exc, "swapping the restored keys") from None
+        self.swapped = [key[len(self.new) :] for key in staged]
+        self.held = [self.old + key for key in current]
+        moved = sum(1 for r in replies[len(current) : len(current) + len(staged)] if r is True)
+        return {**self.result.to_dict(), "swap": {"held": len(current), "renamed": moved}}
+
+    def abort(self) -> None:
+        """Drop the staged keys; the live ones were never touched."""
+        with contextlib.suppress(redis.RedisError):
+            _unlink_all(self.client, stores.glob_escape(self.new.decode()) + "*", self.batch)
+        self.client.close()
+
+    def undo(self) -> None:
+        """Swap back after :meth:`commit` (one ``MULTI``): the live keys as they were."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            for at in range(0, len(self.swapped), self.batch):
+                pipe.unlink(*self.swapped[at : at + self.batch])
+            for key in self.held:
+                pipe.rename(key, key[len(self.old) :])
+            if self.version_key is not None:
+                if self.version_before is None:
+                    pipe.delete(self.version_key)
+                else:
+                    pipe.set(self.version_key, self.version_before)
+            _execute(pipe, "putting the previous keys back")
+        except (redis.RedisError, CheckFailed) as exc:
+            raise RollbackFailed(
+                f"putting the previous Redis keys back failed ({exc}); they are kept under"
+                f" {self.old.decode()}"
+            ) from None
+        finally:
+            self.client.close()
+
+    def finish(self) -> None:
+        """Drop the held keys: the restore stands."""
+        try:
+            _unlink_all(self.client, stores.glob_escape(self.old.decode()) + "*", self.batch)
+        except redis.RedisError as exc:
+            raise stores.infra_error(self.client, exc, "removing the previous keys") from None
+        finally:
+            self.client.close()
+
+
+def stage(
+    settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool = False
+) -> StagedRestore:
+    """Stage a backup set's Redis file beside the live keys (:class:`StagedRestore`).
+
+    Refuses (:class:`StateError`, exit 1) when any key matching the backup's patterns
+    exists, unless ``force``. Keys keep their remaining TTL; keys that expired since the
+    backup are skipped and counted. The data-migration version key is set to the backup's
+    version when the file does not carry it itself.
+    """
+    return StagedRestore(settings, set_dir, entry, force=force)
 
 
 def restore(
     settings: Settings, set_dir: Path, entry: StoreBackup, *, force: bool = False
 ) -> dict[str, Any]:
-    """Restore a backup set's Redis file into the configured Redis.
-
-    Refuses (:class:`StateError`, exit 1) when any key matching the backup's patterns
-    exists, unless ``force``, which first removes those keys so Redis ends exactly as
-    backed up. Keys keep their
-    remaining TTL; keys that expired since the backup are skipped and counted. The
-    data-migration version key is set to the backup's version when the file does not
-    carry it itself. Returns the :class:`RestoreResult` as a dict.
-    """
-    section = _section(settings)
-    path = dump_path(set_dir, entry)
-    client = _client(settings, "restore")
+    """Restore a backup set's Redis file into the configured Redis, all or nothing
+    (:func:`stage`, then commit): Redis ends exactly as backed up. Returns the
+    :class:`RestoreResult` as a dict, with the swap's figures."""
+    staged = stage(settings, set_dir, entry, force=force)
     try:
-        result = restore_file(
-            client, path, replace=force, clear=force, batch_size=section.batch_size
-        )
-        version = entry.versions.get("redis")
-        exported = entry.extra.get("patterns", section.patterns)
-        if not stores.PatternSet(exported).matching(section.version_key.encode()):
-            if version is None:
-                client.delete(section.version_key)
-            else:
-                client.set(section.version_key, version)
-        result.version = version
-    except redis.RedisError as exc:
-        raise stores.infra_error(client, exc, "restoring the version key") from None
-    finally:
-        client.close()
-    return result.to_dict()
+        outcome = staged.commit()
+    except BaseException:
+        staged.abort()
+        raise
+    staged.finish()
+    return outcome
 
 
 def counts(settings: Settings) -> dict[str, Any]:

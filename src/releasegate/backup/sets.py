@@ -10,9 +10,10 @@ The operations behind ``releasegate backup``, as importable functions taking the
   leaves no set behind, and every set that :func:`list_sets` shows is complete.
 - :func:`verify` checks every file's size and SHA-256 first (a damaged set is reported
   and nothing is restored), then restores each store into a scratch place and compares.
-- :func:`restore` checks the files, then puts the stores back under the release lock;
-  a non-empty target is refused unless ``force``. Recorded as a ledger release of kind
-  ``restore`` with the versions before and after.
+- :func:`restore` checks the files, reports what the restore would lose
+  (:mod:`releasegate.backup.loss`), and only with ``yes`` (and ``while_live`` while a
+  color serves traffic) puts the stores back under the release lock, all or nothing.
+  Recorded as a ledger release of kind ``restore`` with the versions before and after.
 - :func:`list_sets` and :func:`prune` list the sets newest first and remove the oldest.
 
 Which stores: Postgres always; Redis when ``[redis]`` is configured and its URL variable
@@ -37,7 +38,15 @@ from types import ModuleType
 from typing import Any, Literal
 
 from releasegate import __version__, db
-from releasegate.backup.base import Difference, FileEntry, StoreBackup, sha256_file
+from releasegate.backup.base import (
+    Difference,
+    FileEntry,
+    StagedRestore,
+    StoreBackup,
+    set_file,
+    sha256_file,
+)
+from releasegate.backup.loss import LossReport, loss_report, traffic
 from releasegate.backup.manifest import MANIFEST_NAME, STORE_ORDER, Manifest, is_set_id, new_set_id
 from releasegate.config import Settings
 from releasegate.errors import (
@@ -45,7 +54,7 @@ from releasegate.errors import (
     ConfigError,
     InfraError,
     ReleasegateError,
-    StateError,
+    RollbackFailed,
 )
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock
@@ -301,9 +310,16 @@ def open_set(settings: Settings, ref: str) -> tuple[Path, Manifest]:
 
 
 def check_file(set_dir: Path, store: str, entry: FileEntry) -> Difference | None:
-    """None when the file has its recorded size and SHA-256, else what is wrong."""
-    path = set_dir / entry.name
+    """None when the file has its recorded size and SHA-256, else what is wrong.
+
+    The file must lie inside the set folder (:func:`~releasegate.backup.base.set_file`): a
+    link leading out of it is reported without being read.
+    """
     item = f"file {entry.name}"
+    try:
+        path = set_file(set_dir, entry.name)
+    except CheckFailed:
+        return Difference(store, item, "a file of the set folder", "a link out of the folder")
     if not path.is_file():
         return Difference(store, item, f"{entry.size} bytes", "missing")
     size = path.stat().st_size
@@ -316,11 +332,24 @@ def check_file(set_dir: Path, store: str, entry: FileEntry) -> Difference | None
 
 
 def check_files(set_dir: Path, manifest: Manifest, stores: Sequence[str]) -> list[Difference]:
-    """Size and SHA-256 of every file of the given stores; the damaged ones."""
+    """Size and SHA-256 of every file of the given stores; the damaged ones.
+
+    A store whose entry lacks a file its restore reads (``required_files`` of its module)
+    is damaged too: every file a restore reads is one that was checksummed here.
+    """
     damaged: list[Difference] = []
     for entry in manifest.stores:
         if entry.store not in stores:
             continue
+        listed = {f.name for f in entry.files}
+        try:
+            required: list[str] = store_module(entry.store).required_files(entry)
+        except CheckFailed as exc:
+            damaged.append(Difference(entry.store, "manifest entry", "usable", str(exc)))
+            continue
+        for name in required:
+            if name not in listed:
+                damaged.append(Difference(entry.store, f"file {name}", "listed", "not listed"))
         for file in entry.files:
             if (problem := check_file(set_dir, entry.store, file)) is not None:
                 damaged.append(problem)
@@ -602,12 +631,13 @@ class RestoreResult:
     set_id: str
     path: Path
     release_id: int
+    loss: LossReport
     stores: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     versions_before: dict[str, str | None] = field(default_factory=dict)
     versions_after: dict[str, str | None] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    forced: bool = False
+    while_live: bool = False
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -615,33 +645,15 @@ class RestoreResult:
             "set_id": self.set_id,
             "path": str(self.path),
             "release_id": self.release_id,
+            "loss": self.loss.to_dict(),
             "stores": self.stores,
             "skipped": self.skipped,
             "versions_before": self.versions_before,
             "versions_after": self.versions_after,
             "timings": self.timings,
-            "forced": self.forced,
+            "while_live": self.while_live,
             "seconds": round(self.seconds, 3),
         }
-
-
-def _occupancy(settings: Settings, store: str) -> str | None:
-    """None when the store's target is empty, else a short description of what it holds."""
-    if store == "postgres":
-        from releasegate.backup import postgres
-
-        url = settings.postgres_url()
-        with db.connect(
-            url, "restore check", connect_timeout=settings.raw.postgres.connect_timeout
-        ) as conn:
-            return postgres.describe_occupancy(conn)
-    live = store_module(store).counts(settings)
-    if store == "redis":
-        keys = int(live.get("keys", 0))
-        return f"{keys} key(s)" if keys else None
-    points = {n: c.get("points", 0) for n, c in live.get("collections", {}).items()}
-    busy = {n: p for n, p in points.items() if p}
-    return ", ".join(f"{n} has {p} points" for n, p in sorted(busy.items())) if busy else None
 
 
 def live_versions(settings: Settings, stores: Sequence[str]) -> dict[str, str | None]:
@@ -704,31 +716,10 @@ def _lock(settings: Settings, held: HeldLock | None, purpose: str) -> Iterator[H
         yield lock
 
 
-def restore(
-    settings: Settings,
-    set_ref: str,
-    *,
-    stores: Sequence[str] | None = None,
-    force: bool = False,
-    held_lock: HeldLock | None = None,
-) -> RestoreResult:
-    """Put a backup set back into the configured stores, under the release lock.
-
-    1. Every file of the chosen stores is checked (size, SHA-256): a damaged set raises
-       :class:`CheckFailed` and nothing is restored.
-    2. Unless ``force``, every chosen store must be empty: a non-empty one raises
-       :class:`StateError` (exit 1) before any store is touched. With ``force`` each
-       store's contents are replaced.
-    3. Each store is restored (Postgres, Redis, Qdrant), then Postgres' rows per table
-       are compared with the manifest.
-
-    ``stores`` defaults to every store of the set that is configured here (the others are
-    listed in ``result.skipped``). The ledger gets a release of kind ``restore`` with an
-    event per store and the versions before and after. A caller that already holds the
-    release lock passes it as ``held_lock``.
-    """
-    started = time.monotonic()
-    path, manifest = open_set(settings, set_ref)
+def _restore_stores(
+    settings: Settings, manifest: Manifest, stores: Sequence[str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """The stores to restore, and the stores of the set skipped (with why)."""
     available = configured_stores(settings)
     skipped: dict[str, str] = {}
     if stores:
@@ -736,27 +727,100 @@ def restore(
         for name in chosen:
             if (why := available[name]) is not None:
                 raise ConfigError(f"cannot restore {name}: {why}")
-    else:
-        chosen = []
-        for name in manifest.store_names:
-            if (why := available.get(name)) is None:
-                chosen.append(name)
-            else:
-                skipped[name] = why
+        return chosen, skipped
+    chosen = []
+    for name in manifest.store_names:
+        if (why := available.get(name)) is None:
+            chosen.append(name)
+        else:
+            skipped[name] = why
     if not chosen:
         raise ConfigError(
             f"nothing to restore from backup set {manifest.set_id}: "
             + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
+    return chosen, skipped
+
+
+def _unconfirmed(set_id: str, yes: bool, live: str | None, while_live: bool) -> str | None:
+    """Why a restore may not go ahead yet (the flags it lacks), or None."""
+    if not yes:
+        also = f"; {live} serves traffic: add --while-live too" if live and not while_live else ""
+        return (
+            f"restoring backup set {set_id} replaces the stores' contents, nothing changed:"
+            f" review what it would lose and confirm with --yes{also}"
+        )
+    if live and not while_live:
+        return (
+            f"{live} serves traffic: restoring backup set {set_id} under a live color needs"
+            " --while-live as well as --yes; nothing changed"
+        )
+    return None
+
+
+def restore(
+    settings: Settings,
+    set_ref: str,
+    *,
+    stores: Sequence[str] | None = None,
+    yes: bool = False,
+    while_live: bool = False,
+    held_lock: HeldLock | None = None,
+    on_report: Callable[[LossReport], None] | None = None,
+) -> RestoreResult:
+    """Put a backup set back into the configured stores, under the release lock.
+
+    1. Every file of the chosen stores is checked (size, SHA-256, inside the set folder,
+       every file the restore reads listed): a damaged set raises :class:`CheckFailed`.
+    2. The loss report (:mod:`releasegate.backup.loss`): what the restore would take away
+       from each table, key pattern and collection, passed to ``on_report``.
+    3. Nothing is touched unless ``yes``, and while a color serves traffic (the router's
+       live color) unless ``while_live`` as well: else :class:`ConfigError` (exit 2). The
+       live color and the report are taken again under the lock before the restore.
+    4. All or nothing across the stores: each is staged first without changing what
+       the service reads (Redis keys beside the live ones, copies of the Qdrant
+       collections to replace, the Postgres restore in one open transaction: see each
+       store's ``stage``), then committed (Qdrant, Redis, Postgres last). A failure
+       anywhere aborts what is staged and undoes what was committed: every store is as
+       it was (the error says so), or :class:`RollbackFailed` names what could not be
+       put back. Then Postgres' rows per table are compared with the manifest.
+
+    ``stores`` defaults to every store of the set that is configured here (the others are
+    listed in ``result.skipped``). The ledger gets a release of kind ``restore`` with the
+    loss report, an event per store and the versions before and after. A caller that
+    already holds the release lock passes it as ``held_lock``.
+    """
+    started = time.monotonic()
+    path, manifest = open_set(settings, set_ref)
+    chosen, skipped = _restore_stores(settings, manifest, stores)
     damaged = check_files(path, manifest, chosen)
     if damaged:
         raise CheckFailed(_damage_message(manifest.set_id, damaged))
+    entries = [e for e in manifest.stores if e.store in chosen]
+    by_store = {e.store: e for e in entries}
     url = settings.postgres_url()
     db.check_url(url, f"${settings.raw.postgres.url_env}")
+
+    def report_now(live: str | None, router: str) -> LossReport:
+        report = loss_report(
+            settings, path, manifest.set_id, entries, live_color=live, router=router
+        )
+        if on_report:
+            on_report(report)
+        return report
+
+    live, router = traffic(settings)
+    if (why := _unconfirmed(manifest.set_id, yes, live, while_live)) is not None:
+        report_now(live, router)
+        raise ConfigError(why)
     with (
         _lock(settings, held_lock, "backup restore") as lock,
         Ledger.open(url, "restore") as ledger,
     ):
+        live, router = traffic(settings)  # again, under the lock
+        if (why := _unconfirmed(manifest.set_id, yes, live, while_live)) is not None:
+            raise ConfigError(why)
+        report = report_now(live, router)
         before = live_versions(settings, chosen)
         release_id = ledger.start_release(
             settings.service,
@@ -765,51 +829,63 @@ def restore(
             git_sha=git_sha(settings.root),
             **_ledger_versions(before, "before"),
         )
-        result = RestoreResult(manifest.set_id, path, release_id, skipped=skipped, forced=force)
-        result.versions_before = before
-        ledger.record_event(
-            release_id,
-            "lock",
-            StepStatus.OK,
-            lock.waited,
-            {"set_id": manifest.set_id, "stores": chosen, "skipped": skipped, "force": force},
+        result = RestoreResult(
+            manifest.set_id, path, release_id, report, skipped=skipped, while_live=while_live
         )
-        step = "preflight"
+        result.versions_before = before
+        summary = {"set_id": manifest.set_id, "stores": chosen, "skipped": skipped}
+        ledger.record_event(
+            release_id, "lock", StepStatus.OK, lock.waited, {**summary, "loss": report.to_dict()}
+        )
+        step = "lock"
+        staged: dict[str, StagedRestore] = {}
+        committed: list[str] = []
+        outcomes: dict[str, dict[str, Any]] = {}
         try:
-            if not force:
-                busy = {s: what for s in chosen if (what := _occupancy(settings, s)) is not None}
-                if busy:
-                    listed = "; ".join(f"{s}: {what}" for s, what in busy.items())
-                    raise StateError(
-                        f"refusing to restore backup set {manifest.set_id} into non-empty"
-                        f" stores ({listed}); nothing restored; restore with force (--yes)"
-                        " to replace their contents"
-                    )
-            for store in chosen:
+            for store in (s for s in STAGE_ORDER if s in chosen):
+                step = f"stage {store}"
+                lock.ensure_held()
+                step_started = time.monotonic()
+                staged[store] = store_module(store).stage(
+                    settings, path, by_store[store], force=True
+                )
+                result.timings[store] = time.monotonic() - step_started
+            for store in (s for s in COMMIT_ORDER if s in staged):
                 step = f"restore {store}"
                 lock.ensure_held()
-                entry = manifest.store(store)
-                assert entry is not None
                 step_started = time.monotonic()
-                outcome: dict[str, Any] = store_module(store).restore(
-                    settings, path, entry, force=force
-                )
+                outcomes[store] = staged[store].commit()
+                committed.append(store)
                 took = time.monotonic() - step_started
-                result.stores[store] = outcome
-                result.timings[store] = round(took, 3)
-                ledger.record_event(release_id, step, StepStatus.OK, took, outcome)
-                if store == "postgres":
-                    _check_postgres(entry, outcome)
+                result.timings[store] = round(result.timings[store] + took, 3)
+                ledger.record_event(release_id, step, StepStatus.OK, took, outcomes[store])
         except BaseException as exc:
-            error = str(exc) if isinstance(exc, ReleasegateError) else repr(exc)
+            failure = unwind(staged, committed, exc)
+            error = str(failure) if isinstance(failure, ReleasegateError) else repr(failure)
             with contextlib.suppress(Exception):
                 ledger.record_event(release_id, step, StepStatus.FAILED, None, {"error": error})
                 after = live_versions(settings, chosen)
                 ledger.finish_release(
                     release_id,
                     Outcome.FAILED,
-                    {"set_id": manifest.set_id, "error": error, "restored": list(result.stores)},
+                    {"set_id": manifest.set_id, "error": error},
                     **_ledger_versions(after, "after"),
+                )
+            if failure is exc:
+                raise
+            raise failure from None
+        try:  # the restore stands: drop what was kept for an undo, then check it
+            step = "check"
+            for store in chosen:
+                staged[store].finish()
+                result.stores[store] = outcomes[store]
+            if "postgres" in by_store:
+                _check_postgres(by_store["postgres"], outcomes["postgres"])
+        except ReleasegateError as exc:
+            with contextlib.suppress(Exception):
+                ledger.record_event(release_id, step, StepStatus.FAILED, None, {"error": str(exc)})
+                ledger.finish_release(
+                    release_id, Outcome.FAILED, {"set_id": manifest.set_id, "error": str(exc)}
                 )
             raise
         result.versions_after = live_versions(settings, chosen)
@@ -817,10 +893,38 @@ def restore(
         ledger.finish_release(
             release_id,
             Outcome.SUCCEEDED,
-            {"set_id": manifest.set_id, "stores": chosen, "skipped": skipped, "force": force},
+            {**summary, "while_live": while_live},
             **_ledger_versions(result.versions_after, "after"),
         )
     return result
+
+
+# Postgres is staged last (its open transaction holds locks) and committed last (a
+# committed transaction cannot be undone; Redis and Qdrant can put their keys back).
+STAGE_ORDER = ("redis", "qdrant", "postgres")
+COMMIT_ORDER = ("qdrant", "redis", "postgres")
+
+
+def unwind(
+    staged: dict[str, StagedRestore], committed: list[str], exc: BaseException
+) -> BaseException:
+    """After a failure: abort what is only staged, undo what was committed (newest first);
+    the error to raise, saying that nothing changed or what could not be put back."""
+    for store, item in staged.items():
+        if store not in committed:
+            with contextlib.suppress(Exception):
+                item.abort()
+    failed: list[str] = []
+    for store in reversed(committed):
+        try:
+            staged[store].undo()
+        except ReleasegateError as undo_error:
+            failed.append(str(undo_error))
+    if failed:
+        return RollbackFailed(f"{exc}; then {'; '.join(failed)}")
+    if isinstance(exc, ReleasegateError):
+        return type(exc)(f"{exc}; no store was changed")
+    return exc
 
 
 def _check_postgres(entry: StoreBackup, outcome: dict[str, Any]) -> None:

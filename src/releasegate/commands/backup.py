@@ -14,6 +14,7 @@ from releasegate.cli import CliState, pass_state
 
 if TYPE_CHECKING:
     from releasegate.backup.base import Difference, StoreBackup
+    from releasegate.backup.loss import LossReport
     from releasegate.backup.sets import Progress
 
 STORE = click.Choice(["postgres", "redis", "qdrant"])
@@ -144,17 +145,52 @@ def verify(state: CliState, set_ref: str, stores: tuple[str, ...], as_json: bool
 @click.argument("set_ref", metavar="SET")
 @store_option
 @click.option(
-    "--yes", "force", is_flag=True, help="Replace the contents of non-empty stores (refused else)."
+    "--yes", is_flag=True, help="Confirm: replace the stores' contents (else only the report)."
+)
+@click.option(
+    "--while-live",
+    is_flag=True,
+    help="Allow the restore while a color serves traffic (needed with --yes then).",
 )
 @json_option
 @pass_state
 def restore(
-    state: CliState, set_ref: str, stores: tuple[str, ...], force: bool, as_json: bool
+    state: CliState,
+    set_ref: str,
+    stores: tuple[str, ...],
+    yes: bool,
+    while_live: bool,
+    as_json: bool,
 ) -> int:
-    """Restore SET into the configured stores under the release lock (checksums first)."""
+    """Show what restoring SET would lose, then restore it with --yes (under the release lock).
+
+    Checksums first; each store is replaced all or nothing. While a color serves traffic
+    the restore also needs --while-live. Without the flags it needs, nothing changes and
+    the exit code is 2.
+    """
     from releasegate.backup import sets
 
-    result = sets.restore(state.settings(), set_ref, stores=list(stores) or None, force=force)
+    reports: list[LossReport] = []
+
+    def show(report: LossReport) -> None:
+        reports.append(report)
+        if not as_json:
+            for line in report.lines():
+                _echo(line)
+
+    try:
+        result = sets.restore(
+            state.settings(),
+            set_ref,
+            stores=list(stores) or None,
+            yes=yes,
+            while_live=while_live,
+            on_report=show,
+        )
+    except Exception:
+        if as_json and reports:
+            _echo_json({"restored": False, "loss": reports[-1].to_dict()})
+        raise
     if as_json:
         _echo_json(result.to_dict())
         return 0
