@@ -587,3 +587,21 @@ def test_the_loss_report_covers_keyspaces_and_collections(all_stores: Env) -> No
     assert "    documents: 42 now, 40 in the set; 2 would be lost, 0 overwritten" in text
     assert "redis (compared item by item): 3 keys would be lost, 0 overwritten" in text
     assert "lost: written-after-the-backup:" in text
+
+
+def test_a_directory_dump_restores_only_listed_files(project: Project) -> None:
+    configure(project, redis_on=False, qdrant=None, backup='postgres_format = "directory"\n')
+    env = Env(project)
+    seed(env, users=30)
+    manifest = sets.create(env.settings())
+    set_dir = env.backups / manifest.set_id
+    late = add_users(env.url, 2)
+
+    result = sets.restore(env.settings(), manifest.set_id, yes=True)
+    assert result.stores["postgres"]["tables"]["public.users"] == 30
+    assert result.stores["postgres"]["sequences_kept"]["public.users_id_seq"] == max(late)
+
+    # A file nobody checksummed, slipped into the dump folder, is refused.
+    (set_dir / "postgres" / "9999.dat.gz").write_bytes(b"not from the backup")
+    with pytest.raises(CheckFailed, match=r"postgres/9999\.dat\.gz is in the dump folder"):
+        sets.restore(env.settings(), manifest.set_id, yes=True)
