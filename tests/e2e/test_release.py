@@ -67,11 +67,12 @@ def test_dry_run_and_a_blocked_contract_change_nothing(release_env: ReleaseEnv) 
     ]
     assert data["plan"]["expand"] == ["0003", "0004", "0005"]
     assert data["plan"]["contract"] == ["0006"]
-    assert env.releases(kind="dry-run")[-1]["outcome"] == "succeeded"
+    assert env.releases(kind="dry-run")[-1]["outcome"] == "dry_run"
     # A dry run reports the pending contract revision as blocking without the flag.
     dry = env.run("release", "--image", "notes:v2", "--dry-run", "--json")
     assert dry.returncode == 1, dry.stdout + dry.stderr
     assert json.loads(dry.stdout)["outcome"] == "blocked"
+    assert env.releases(kind="dry-run")[-1]["outcome"] == "blocked"
     assert env.releases() == []  # dry runs are no releases
 
     # 0006 (contract) is pending: without --allow-contract the release stops at plan.

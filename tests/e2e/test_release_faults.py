@@ -163,40 +163,37 @@ def test_migration_failing_half_way(release_env: ReleaseEnv) -> None:
     assert "fault_probe" not in {c["column_name"] for c in columns}
 
 
-REDIS_FAULT = '''"""Test: tags every session, and fails after the first 20 keys."""
+REDIS_FAULT = '''"""Test: the sessions move of 0001, with a probe field, failing after 20 keys."""
 
 from typing import Any
+
+from releasegate.migrations.redis import KeyMove
 
 calls = {"n": 0}
 
 
-def _tag(value: dict[str, Any]) -> dict[str, Any]:
+def to_v2(value: dict[str, Any]) -> dict[str, Any]:
     calls["n"] += 1
     if calls["n"] > 20:
         raise RuntimeError("injected failure after 20 keys")
-    return {**value, "probe": True}
+    return {"user_id": value.get("userId"), "probe": True}
 
 
-def _untag(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in value.items() if k != "probe"}
+def to_v1(value: dict[str, Any]) -> dict[str, Any]:
+    return {"userId": value.get("user_id")}
 
 
-def up(ctx: Any) -> None:
-    ctx.transform_json("session:*", _tag)
-
-
-def down(ctx: Any) -> None:
-    ctx.transform_json("session:*", _untag)
+MOVES = [KeyMove("sess:*", "sess:", "session:", up=to_v2, down=to_v1)]
 '''
 
 
 def test_redis_migration_interrupted(release_env: ReleaseEnv) -> None:
     env = release_env
-    env.add_migration("redis", "0002_fault_after_some_keys.py", REDIS_FAULT)
+    env.add_migration("redis", "0001_sessions_snake_case.py", REDIS_FAULT)
     result, data = _release(env)
     assert_rolled_back(env, result, data, "migrate")
     assert "injected failure" in result.stdout + result.stderr
-    # No session keeps the tag (sessions are back in their v1 spelling).
+    # The expand wrote copies only: they are gone, and no v1 session was touched.
     import redis
 
     client = redis.Redis.from_url(env.redis_url)
@@ -208,7 +205,7 @@ def test_redis_migration_interrupted(release_env: ReleaseEnv) -> None:
         client.close()
 
 
-QDRANT_FAULT = '''"""Test: a rebuild whose transform corrupts every title (does not verify)."""
+QDRANT_FAULT = '''"""Test: the documents rebuild of 0001, corrupting every title (no verify)."""
 
 from releasegate.migrations.qdrant import MigrationContext, PointData
 
@@ -230,7 +227,7 @@ def down(ctx: MigrationContext) -> None:
 
 def test_qdrant_verification_failure(release_env: ReleaseEnv) -> None:
     env = release_env
-    env.add_migration("qdrant", "0002_corrupt_titles.py", QDRANT_FAULT)
+    env.add_migration("qdrant", "0001_documents_v2.py", QDRANT_FAULT)
     result, data = _release(env)
     assert_rolled_back(env, result, data, "migrate")
     assert "payload keys changed" in result.stdout + result.stderr
@@ -317,7 +314,8 @@ def test_failures_before_the_first_change_need_no_rollback(release_env: ReleaseE
     env = release_env
     (env.root / "not-a-folder").write_text("a file where the backups should go\n")
     result = env.run(*RELEASE, env={"RELEASEGATE_BACKUP__DIR": "not-a-folder"})
-    assert result.returncode == 1, result.stdout + result.stderr
+    # backup.dir names a file: a config error (exit 2), found before anything changed.
+    assert result.returncode == 2, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert data["outcome"] == "failed" and "rollback" not in data
     assert data["error"].startswith("backup:") and "nothing was changed" in data["error"]

@@ -245,13 +245,14 @@ def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener)
             if record.status == "failed":
                 failure = record
                 break
-        outcome = Outcome.FAILED if failure else Outcome.SUCCEEDED
+        # The same word in the ledger, the result and the workflow's outputs.
+        outcome = Outcome.BLOCKED if failure else Outcome.DRY_RUN
         error = f"{failure.name}: {failure.summary}" if failure else None
         ledger.finish_release(release_id, outcome, {"dry_run": True, "error": error})
         code = ExitCode.OK
         if failure is not None:
             code = ExitCode(failure.detail.get("exit_code", ExitCode.CHECK_FAILED))
-        return _result(ctx, "dry_run" if failure is None else "blocked", int(code), error)
+        return _result(ctx, str(outcome), int(code), error)
 
 
 # -- resume and manual rollback -------------------------------------------------------------
@@ -315,6 +316,7 @@ def resume(
     ):
         options = ReleaseOptions(image=interrupted.image_ref or "", force=force)
         ctx = _context_from(settings, ledger, held, interrupted, options)
+        held.ledger_row = ctx.release_id  # the runs it starts are this release's children
         ledger.record_event(ctx.release_id, "resume", StepStatus.INFO, None, {"by": performer()})
         done = {s.name for s in ctx.steps if s.status in ("ok", "skipped")}
         if "promote" in done:

@@ -50,6 +50,9 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     client = docker_connect()
     image = containers.resolve_image(client, ctx.options.image, pull=not ctx.options.dry_run)
     ctx.image_digest = (image.attrs.get("RepoDigests") or [None])[0] or str(image.id)
+    # The commit the image was built from, not the deploying checkout's.
+    ctx.git_sha = (image.labels or {}).get(containers.REVISION_LABEL) or ctx.git_sha
+    ctx.ledger.update_release(ctx.release_id, git_sha=ctx.git_sha)
     checks["docker"] = "ok"
     checks["image"] = ctx.image_digest
     state = router.router_status(settings)
