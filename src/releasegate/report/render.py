@@ -377,6 +377,10 @@ def _rollback(r: Mapping[str, Any]) -> list[str]:
             for s in steps
         )
         lines += ["", *_table_lines(["step", "status", "duration", "detail"], rows)]
+    kept = [_esc(k, MAX_ERROR) for k in _list(rb.get("kept"))]
+    if kept:
+        lines += ["", "**Kept on purpose** (not undone, and why):", ""]
+        lines += [f"- {k}" for k in kept]
     verification = _map(rb.get("verification"))
     if verification:
         checks = _maps(verification.get("checks"))
@@ -928,6 +932,7 @@ def _text_rollback(rb: Mapping[str, Any]) -> list[str]:
     for s in _maps(rb.get("steps")):
         name, status = _one_line(s.get("name"), 60), _one_line(s.get("status"), 20)
         lines.append(f"  {name}: {status} ({_secs(s.get('duration_s'))})")
+    lines += [f"  kept: {_one_line(k, 200)}" for k in _list(rb.get("kept"))]
     verification = _map(rb.get("verification"))
     if verification:
         checks = _maps(verification.get("checks"))
