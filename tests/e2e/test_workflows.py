@@ -56,6 +56,24 @@ def test_actionlint_when_installed() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_zizmor_finds_nothing_unexplained() -> None:
+    """zizmor's audit of every workflow and composite action in the repository, offline (no
+    GitHub API); a deliberate exception carries a `# zizmor: ignore[rule]` and its reason."""
+    tool = shutil.which("zizmor") or str(BIN / "zizmor")
+    env = {k: v for k, v in os.environ.items() if k not in ("GH_TOKEN", "GITHUB_TOKEN")}
+    proc = subprocess.run(
+        [tool, "--offline", "--no-progress", "--color=never", "."],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, "NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # It did audit the workflows (a wrong input would audit nothing and pass).
+    for name in NAMES:
+        assert f".github/workflows/{name}" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_remote_actions_are_pinned_to_full_shas(name: str) -> None:
     for step in _steps(_load(name)):
