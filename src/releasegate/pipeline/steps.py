@@ -101,8 +101,10 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
     """Pending migrations of every store, phases and lint; contract needs --allow-contract."""
     from releasegate.migrations import stores
     from releasegate.migrations.plan import plan as pg_plan
+    from releasegate.validate import require_valid
 
     settings = ctx.settings
+    require_valid(settings, release=True)  # a ConfigError: exit 2, before the backup
     pg = pg_plan(settings)
     sections: dict[str, Any] = {"postgres": pg.to_dict()}
     others = stores.status(settings, stores.configured_stores(settings)[1:])
