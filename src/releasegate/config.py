@@ -2,7 +2,8 @@
 
 The file never holds a secret: store URLs are named by the environment variable that
 carries them (``url_env``). Any key can be overridden with ``RELEASEGATE_<SECTION>__<KEY>``
-(for example ``RELEASEGATE_MIGRATIONS__LOCK_TIMEOUT=10s``). Validation happens before
+(for example ``RELEASEGATE_MIGRATIONS__LOCK_TIMEOUT=10s``; a list or a table as JSON,
+``RELEASEGATE_SLO__THRESHOLDS='{"total": ["p95 < 300ms"]}'``). Validation happens before
 anything touches a database.
 """
 
@@ -501,11 +502,17 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, 
                 raise ConfigError(f"{var}: {'.'.join(path)} is not a section")
             node = child
         parsed: Any = value
-        if value.strip().startswith("["):
+        # A list or a table (e.g. slo.thresholds, whose scopes no variable name can spell)
+        # is given as JSON.
+        opening = value.strip()[:1]
+        if opening in ("[", "{"):
+            kind = "list" if opening == "[" else "table"
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{var}: invalid JSON list: {exc.msg}") from None
+                raise ConfigError(
+                    f"{var}: invalid JSON {kind}: {exc.msg} (line {exc.lineno} column {exc.colno})"
+                ) from None
         node[path[-1]] = parsed
         origins[".".join(path)] = var
     return origins

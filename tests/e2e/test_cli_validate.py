@@ -139,3 +139,30 @@ def test_dry_run_refuses_an_env_py_with_a_connection_of_its_own(service: Project
     result = run(service, "release", "--image", _local_image(), "--dry-run")
     assert_error(result, 2, "connection of its own", "lock_timeout")
     assert not _ledger_exists(service.url)
+
+
+# -- a table overridden from the environment ---------------------------------------------
+
+
+def test_thresholds_overridden_as_a_json_table(service: Project) -> None:
+    var = "RELEASEGATE_SLO__THRESHOLDS"
+    good = run(
+        service,
+        "config",
+        "check",
+        "--json",
+        env={service.url_env: fake_url(service), var: '{"GET /healthz": ["p95 < 100ms"]}'},
+    )
+    assert good.code == 0, good.output
+    assert '"GET /healthz"' in good.stdout
+    assert '"GET /documents"' not in good.stdout  # the table is replaced, not merged
+
+    bad = run(service, "config", "check", env={service.url_env: fake_url(service), var: "{oops"})
+    assert_error(bad, 2, f"{var}: invalid JSON table")
+    unknown = run(
+        service,
+        "config",
+        "check",
+        env={service.url_env: fake_url(service), var: '{"GET /nope": ["p95 < 1s"]}'},
+    )
+    assert_error(unknown, 2, "scope 'GET /nope' names no request")
