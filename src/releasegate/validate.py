@@ -13,7 +13,8 @@ What is checked:
 * the smoke file: it parses and every check is well-formed;
 * the locustfile: it exists, compiles, imports in a child process without sending load,
   defines at least one User class, and the scopes of ``[slo.thresholds]`` (and of the
-  comparative gate) are request names it uses (see :mod:`releasegate.gates.locustfile`);
+  watch's thresholds and the comparative gate) are request names it uses (see
+  :mod:`releasegate.gates.locustfile`);
 * each hook's program: a path (relative to the config's folder) that exists and is
   executable, or a name found on ``PATH``;
 * the build context and its Dockerfile (``config check`` only, when ``[build]`` is
@@ -66,7 +67,7 @@ def _smoke_file(settings: Settings) -> list[str]:
 
 def _threshold_scopes(settings: Settings) -> list[str]:
     slo = settings.raw.slo
-    scopes = list(slo.thresholds)
+    scopes = [*slo.thresholds, *(settings.raw.release.watch_thresholds or {})]
     if slo.compare.enabled:
         scopes += slo.compare.scopes
     return scopes
