@@ -167,8 +167,12 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def config_check(state: CliState, as_json: bool) -> int:
-    """Validate the config and print it resolved, with every secret masked."""
+    """Validate the config and what it refers to (migrations, smoke file, locustfile,
+    hooks, build); print it resolved, with every secret masked."""
+    from releasegate.validate import require_valid
+
     settings = state.settings()
+    require_valid(settings)
     resolved = settings.describe()
     if as_json:
         _echo_json(resolved)

@@ -39,7 +39,12 @@ from releasegate.gates.locust_runner import (
     run_concurrently,
 )
 from releasegate.gates.locust_stats import WindowStats
-from releasegate.gates.thresholds import Threshold, format_value, parse_thresholds
+from releasegate.gates.thresholds import (
+    Threshold,
+    format_observed,
+    format_value,
+    parse_thresholds,
+)
 from releasegate.output import markdown_table, table
 from releasegate.secrets import mask_url, redact
 
@@ -72,7 +77,9 @@ class RuleResult:
 
     @property
     def observed_text(self) -> str:
-        return "-" if self.observed is None else format_value(self.metric, self.observed)
+        if self.observed is None:
+            return "-"
+        return format_observed(self.metric, self.op, self.limit, self.observed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
