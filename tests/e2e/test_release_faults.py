@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from live_writer import LiveWriters
 from release_env import ReleaseEnv, Watcher, ensure_images, open_release_env, wait_for
@@ -154,7 +155,8 @@ def test_migration_failing_half_way(release_env: ReleaseEnv) -> None:
         '    op.execute("UPDATE users SET no_such_column = 1")',
     )
     # Mixed-case addresses: the irreversible 0005 lower-cases them before 0005a fails.
-    env.query("UPDATE users SET email = upper(email) WHERE id <= 20")
+    with psycopg.connect(env.pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET email = upper(email) WHERE id <= 20")
     result, data = _release(env)
     assert_rolled_back(env, result, data, "migrate")
     assert "no_such_column" in data["error"]
