@@ -29,7 +29,8 @@ from releasegate.backup import sets
 from releasegate.backup.base import sha256_file
 from releasegate.backup.loss import BY_CONTENT, BY_COUNTS, LossReport
 from releasegate.backup.manifest import MANIFEST_NAME, Manifest
-from releasegate.backup.redis import STAGING_PREFIX, DumpReader, DumpWriter, check_file
+from releasegate.backup.redis import STAGING_PREFIX
+from releasegate.backup.redis_format import DumpReader, DumpWriter, check_file
 from releasegate.errors import CheckFailed, ConfigError, ExitCode, StateError
 from releasegate.router.manager import router_down, router_up, wait_healthy
 
