@@ -23,7 +23,9 @@ from releasegate.migrations.lint import FailOn, Finding, Severity
 from releasegate.migrations.phases import Phase
 from releasegate.migrations.plan import MigrationPlan, PlannedRevision, PlannedStatement
 from releasegate.report.files import report_stem, write_reports
-from releasegate.report.render import render_markdown, render_text, status_word
+from releasegate.report.render import render_markdown
+from releasegate.report.text import render_text
+from releasegate.report.values import status_word
 from releasegate.router.manager import ColorState, RouterState, SwitchResult
 from releasegate.secrets import register_secret
 
