@@ -32,7 +32,8 @@ from releasegate.backup.manifest import MANIFEST_NAME, Manifest
 from releasegate.backup.redis import STAGING_PREFIX
 from releasegate.backup.redis_format import DumpReader, DumpWriter, check_file
 from releasegate.errors import CheckFailed, ConfigError, ExitCode, StateError
-from releasegate.router.manager import router_down, router_up, wait_healthy
+from releasegate.router.manager import router_down, router_up
+from releasegate.router.state import wait_healthy
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 

@@ -26,7 +26,8 @@ from releasegate.report.files import report_stem, write_reports
 from releasegate.report.render import render_markdown
 from releasegate.report.text import render_text
 from releasegate.report.values import status_word
-from releasegate.router.manager import ColorState, RouterState, SwitchResult
+from releasegate.router.state import ColorState, RouterState
+from releasegate.router.switching import SwitchResult
 from releasegate.secrets import register_secret
 
 MIB = 1024 * 1024

@@ -40,7 +40,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     from releasegate.deploy import containers
     from releasegate.deploy.engine import connect as docker_connect
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router.state import other_color, router_status
 
     settings = ctx.settings
     checks: dict[str, str] = {"postgres": "ok (ledger open)", "lock": "held"}
@@ -55,7 +55,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     ctx.ledger.update_release(ctx.release_id, git_sha=ctx.git_sha)
     checks["docker"] = "ok"
     checks["image"] = ctx.image_digest
-    state = router.router_status(settings)
+    state = router_status(settings)
     checks["router"] = "ok"
     ctx.live_before = state.live
     if state.live is None:
@@ -72,7 +72,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
             f" ({state[state.live].check}): nothing to fall back to",
             {"checks": checks},
         )
-    ctx.target = router.other_color(state.live)
+    ctx.target = other_color(state.live)
     live = containers.find_container(client, settings, state.live)
     if live is not None:
         image_id = live.image.id if live.image is not None else None
@@ -322,7 +322,7 @@ def promote(ctx: ReleaseContext) -> StepOutcome:
     the switch. Finalize catches up once more after blue has drained.
     """
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router import switching
 
     assert ctx.target is not None
     ctx.record_change(SWITCH, **{"from": ctx.live_before, "to": ctx.target})
@@ -330,7 +330,7 @@ def promote(ctx: ReleaseContext) -> StepOutcome:
     caught: dict[str, Any] = {}
     if REDIS in expanded:
         caught["redis before switch"] = stores.catch_up(ctx.settings, REDIS).to_dict()
-    result = router.promote(ctx.settings, ctx.target)
+    result = switching.promote(ctx.settings, ctx.target)
     ctx.sections.setdefault("router", []).append(result.to_dict())
     for store in expanded:
         caught[f"{store} after switch"] = stores.catch_up(ctx.settings, store).to_dict()
@@ -393,11 +393,11 @@ def finalize(ctx: ReleaseContext) -> StepOutcome:
     """Stop the old color after its drain window; contract revisions; prune old images."""
     from releasegate.deploy import containers
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router.state import wait_drained
 
     assert ctx.live_before is not None
     drain = ctx.settings.raw.deploy.drain
-    drained = router.wait_drained(ctx.settings, ctx.live_before, drain)
+    drained = wait_drained(ctx.settings, ctx.live_before, drain)
     expanded = _expanded(ctx)
     if REDIS in expanded:
         # What blue's last requests wrote while it drained.
