@@ -159,9 +159,9 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
 
 def backup(ctx: ReleaseContext) -> StepOutcome:
     """A restore point of every store, verified by restoring it into scratch places."""
-    from releasegate.backup import sets
+    from releasegate.backup import set_create, sets
 
-    manifest = sets.create(ctx.settings)
+    manifest = set_create.create(ctx.settings)
     ctx.backup_set = manifest.set_id
     ctx.manifest = manifest.to_dict()
     ctx.record_change(BACKUP, set_id=manifest.set_id)
@@ -185,11 +185,11 @@ def migrate(ctx: ReleaseContext) -> StepOutcome:
     Qdrant run in expand form: the new layout is written beside the old one, which the
     live version keeps using until promotion.
     """
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
     from releasegate.migrations import stores
 
     plan_sections = ctx.sections["plan"]
-    versions = sets.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
+    versions = set_restore.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
     done: dict[str, Any] = {}
     if plan_sections["expand"]:
         ctx.record_change(

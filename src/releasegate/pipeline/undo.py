@@ -162,9 +162,9 @@ def _irreversible_applied(settings: Settings, change: dict[str, Any]) -> str | N
     irreversible = change.get("irreversible") or []
     if not irreversible:
         return None
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
 
-    current = sets.live_versions(settings, [POSTGRES]).get("alembic")
+    current = set_restore.live_versions(settings, [POSTGRES]).get("alembic")
     revisions: list[str] = list(change.get("revisions") or [])
     applied = revisions[: revisions.index(current) + 1] if current in revisions else []
     kept = [r for r in applied if r in irreversible]
