@@ -82,13 +82,13 @@ def live_versions(settings: Settings, stores: Sequence[str]) -> dict[str, str | 
     for store in stores:
         try:
             if store == "postgres":
-                from releasegate.backup import postgres
+                from releasegate.backup.postgres_contents import alembic_revisions, format_alembic
 
                 url = settings.postgres_url()
                 with db.connect(
                     url, "restore", connect_timeout=settings.raw.postgres.connect_timeout
                 ) as conn:
-                    versions["alembic"] = postgres.format_alembic(postgres.alembic_revisions(conn))
+                    versions["alembic"] = format_alembic(alembic_revisions(conn))
             elif store == "redis":
                 versions["redis"] = _redis_version(settings)
             elif store == "qdrant":
