@@ -18,6 +18,7 @@ Only ``MOVES`` migrations run in a release's expand/contract form, beside the ol
 ``expanded_state``).
 """
 
+from releasegate.migrations.redis.checkpoint import Progress, StepStats
 from releasegate.migrations.redis.engine import (
     Direction,
     MigrationContext,
@@ -31,13 +32,7 @@ from releasegate.migrations.redis.engine import (
     status,
     up,
 )
-from releasegate.migrations.redis.helpers import (
-    Progress,
-    StepStats,
-    camel_to_snake,
-    field_map,
-    snake_to_camel,
-)
+from releasegate.migrations.redis.json_fields import camel_to_snake, field_map, snake_to_camel
 from releasegate.migrations.redis.moves import KeyMove
 
 __all__ = [

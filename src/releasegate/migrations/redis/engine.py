@@ -46,14 +46,14 @@ from releasegate.errors import (
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock
 from releasegate.migrations.loader import load_module
-from releasegate.migrations.redis.helpers import (
+from releasegate.migrations.redis.checkpoint import (
     Checkpoint,
-    Helpers,
     ProgressCallback,
     StepStats,
     checkpoint_key,
     progress_of,
 )
+from releasegate.migrations.redis.helpers import Helpers
 from releasegate.migrations.redis.moves import KeyMove, moves_of, read_expansion
 from releasegate.runinfo import git_sha, performer
 from releasegate.stores import redis as stores
