@@ -107,7 +107,7 @@ def _redis_version(settings: Settings) -> str | None:
 
     section = settings.raw.redis
     assert section is not None
-    from releasegate.migrations.redis.engine import read_version
+    from releasegate.migrations.redis.versions import read_version
 
     client = redis_store.connect(
         settings.redis_url(), purpose="restore", timeout=section.connect_timeout
