@@ -16,7 +16,8 @@ from releasegate.backup.base import FileEntry, StoreBackup
 from releasegate.backup.manifest import Manifest
 from releasegate.gates.histogram import Histogram
 from releasegate.gates.locust_runner import EndpointStats, LocustPlan, LocustRun, WindowStats
-from releasegate.gates.slo import GateResult, evaluate
+from releasegate.gates.slo_result import GateResult
+from releasegate.gates.slo_verdicts import evaluate
 from releasegate.gates.smoke import CheckResult, SmokeReport
 from releasegate.gates.thresholds import parse_thresholds
 from releasegate.migrations.lint import FailOn, Finding, Severity
