@@ -15,7 +15,8 @@
 # the host, since containers here cannot reach a package index.
 #
 #   scripts/ci/build-runner-image.sh [--force]
-# Idempotent: nothing is done when the three tags exist (unless --force).
+# Idempotent: nothing is done when the three tags exist and the runner's wheelhouse was
+# built from the current pyproject.toml (its label releasegate.wheelhouse), unless --force.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/setup.sh"
 
@@ -28,7 +29,10 @@ suite="bookworm"
 packages="python3,python3-venv,python3-pip,ca-certificates,git,haproxy,postgresql-15,postgresql-client-15,redis-server,procps,curl,gzip,tar"
 
 start_docker
-if [ "$force" -eq 0 ] && docker image inspect "$RUNNER_TAG" "$PG_TAG" "$REDIS_TAG" >/dev/null 2>&1; then
+# A new dev dependency must reach the wheelhouse, or the workflow's install finds no wheel.
+wheelhouse="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [ "$force" -eq 0 ] && docker image inspect "$RUNNER_TAG" "$PG_TAG" "$REDIS_TAG" >/dev/null 2>&1 &&
+  [ "$(docker image inspect -f '{{ index .Config.Labels "releasegate.wheelhouse" }}' "$RUNNER_TAG")" = "$wheelhouse" ]; then
   log "act images already exist: $RUNNER_TAG $PG_TAG $REDIS_TAG"
   exit 0
 fi
@@ -109,6 +113,7 @@ import_image() {
 import_image "$RUNNER_TAG" \
   --change 'ENV PIP_NO_INDEX=1' --change 'ENV PIP_FIND_LINKS=/opt/wheels' \
   --change 'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
+  --change "LABEL releasegate.wheelhouse=$wheelhouse" \
   --change 'CMD ["tail", "-f", "/dev/null"]'
 import_image "$PG_TAG" --change 'EXPOSE 5432' --change 'CMD ["/usr/local/bin/postgres-service"]'
 import_image "$REDIS_TAG" --change 'EXPOSE 6379' \

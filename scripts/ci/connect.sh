@@ -7,9 +7,10 @@
 # The variable names are the config's url_env / api_key_env; RG_GATE_PROFILE sets the SLO
 # gate's length through RELEASEGATE_SLO__* overrides.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/workflow-commands.sh"
 config="${RG_CONFIG:-releasegate.toml}"
 out="${GITHUB_ENV:?}"
-mask() { [ -n "$1" ] && echo "::add-mask::$1"; return 0; }
+mask() { [ -n "$1" ] && workflow_command add-mask "$1"; return 0; }
 setenv() { printf '%s=%s\n' "$1" "$2" >>"$out"; }
 
 read -r pg_env redis_env qdrant_env qdrant_key_env < <(python3 - "$config" <<'PY'

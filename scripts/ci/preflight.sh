@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks a release's inputs before anything is built or deployed; exit 2 (releasegate's
-# usage/config error) with one clear line per problem. Inputs come from the environment,
-# as release.yml passes them (never through the command line of a shell):
+# usage/config error) with one clear line per problem (and, under Actions, one annotation;
+# the inputs they quote are escaped, so none can end the line and start a command). Inputs
+# come from the environment, as release.yml passes them (never through the command line of
+# a shell):
 #
 #   RG_IMAGE RG_VERSION RG_ENVIRONMENT RG_CONFIG RG_GATE_PROFILE RG_TARGET RG_QDRANT RG_SEED
 #   DOCKER_HOST DATABASE_URL REDIS_URL QDRANT_URL   (remote target: secrets; only checked
@@ -9,6 +11,7 @@
 #
 #   scripts/ci/preflight.sh [REPO_DIR]   REPO_DIR: the checkout (default: the current dir)
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/workflow-commands.sh"
 repo="${1:-.}"
 problems=()
 problem() { problems+=("$*"); }
@@ -108,9 +111,9 @@ fi
 
 if [ ${#problems[@]} -gt 0 ]; then
   for p in "${problems[@]}"; do
-    echo "error: $p" >&2
+    printf 'error: %s\n' "$(one_line "$p")" >&2
     if [ "${GITHUB_ACTIONS:-}" = true ] || [ "${ACT:-}" = true ]; then
-      echo "::error title=releasegate preflight::$p"
+      workflow_command error "$p" "title=releasegate preflight"
     fi
   done
   echo "preflight failed: nothing was built or deployed" >&2

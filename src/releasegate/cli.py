@@ -167,8 +167,12 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def config_check(state: CliState, as_json: bool) -> int:
-    """Validate the config and print it resolved, with every secret masked."""
+    """Validate the config and what it refers to (migrations, smoke file, locustfile,
+    hooks, build); print it resolved, with every secret masked."""
+    from releasegate.validate import require_valid
+
     settings = state.settings()
+    require_valid(settings)
     resolved = settings.describe()
     if as_json:
         _echo_json(resolved)
@@ -238,6 +242,25 @@ def _print_store_status(store: str, result: Any) -> None:
         _echo(f"  problem:  {problem}")
 
 
+def _kept_after_rollback(settings: Any) -> str | None:
+    """What the newest release's rollback kept on purpose (e.g. an expanded schema)."""
+    from releasegate import db
+
+    with db.connect(settings.postgres_url(), "migrate status") as conn:
+        found = conn.execute("SELECT to_regclass('releasegate.releases')").fetchone()
+        if found is None or found[0] is None:
+            return None
+        row = conn.execute(
+            "SELECT id, summary -> 'kept_after_rollback' FROM releasegate.releases"
+            " WHERE service = %s AND parent_id IS NULL AND kind IN ('release', 'rollback')"
+            " ORDER BY id DESC LIMIT 1",
+            (settings.service,),
+        ).fetchone()
+    if row is None or not row[1]:
+        return None
+    return f"after the rollback of release {row[0]}: " + "; ".join(str(k) for k in row[1])
+
+
 @migrate.command("status")
 @STORE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per store).")
@@ -251,11 +274,17 @@ def migrate_status(state: CliState, store: str | None, as_json: bool) -> int:
 
     settings = state.settings()
     results = stores.status(settings, stores.select_stores(settings, store))
+    kept = _kept_after_rollback(settings) if "postgres" in results else None
     if as_json:
-        _echo_json({name: result.to_dict() for name, result in results.items()})
+        data = {name: result.to_dict() for name, result in results.items()}
+        if "postgres" in data:
+            data["postgres"]["kept_after_rollback"] = kept
+        _echo_json(data)
     else:
         for name, result in results.items():
             _print_store_status(name, result)
+            if name == "postgres" and kept:
+                _echo(f"  kept:     {kept}")
     if "postgres" in results:
         from releasegate.migrations.commands import require_single_head
 

@@ -2,7 +2,8 @@
 
 The file never holds a secret: store URLs are named by the environment variable that
 carries them (``url_env``). Any key can be overridden with ``RELEASEGATE_<SECTION>__<KEY>``
-(for example ``RELEASEGATE_MIGRATIONS__LOCK_TIMEOUT=10s``). Validation happens before
+(for example ``RELEASEGATE_MIGRATIONS__LOCK_TIMEOUT=10s``; a list or a table as JSON,
+``RELEASEGATE_SLO__THRESHOLDS='{"total": ["p95 < 300ms"]}'``). Validation happens before
 anything touches a database.
 """
 
@@ -307,13 +308,17 @@ class SloSection(Section):
     @field_validator("thresholds")
     @classmethod
     def _rules(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        from releasegate.gates.thresholds import parse_thresholds
+        return _threshold_rules(value)
 
-        try:
-            parse_thresholds(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+
+def _threshold_rules(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    from releasegate.gates.thresholds import parse_thresholds
+
+    try:
+        parse_thresholds(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
 
 
 class ReleaseSection(Section):
@@ -323,12 +328,20 @@ class ReleaseSection(Section):
     # Post-promotion watch through the router: smoke, then a short SLO check this long.
     watch: Duration = 10.0
     watch_users: int = Field(default=5, ge=1)
+    # The watch's own [slo.thresholds]; when absent, the gate's with its rate rules (rps,
+    # requests) scaled to the watch's users and window.
+    watch_thresholds: dict[str, list[str]] | None = None
     # Where JSON and Markdown evidence reports are written.
     report_dir: Path = Path(".releasegate/reports")
     # Scopes whose items the live version updates in place ("redis:sess:*",
     # "postgres:public.users", "qdrant:documents"): the rollback's verification reports a
     # changed pre-release item there instead of failing. A missing one always fails.
     live_updates: list[str] = Field(default_factory=list)
+
+    @field_validator("watch_thresholds")
+    @classmethod
+    def _watch_rules(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        return None if value is None else _threshold_rules(value)
 
     @field_validator("live_updates")
     @classmethod
@@ -501,11 +514,17 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, 
                 raise ConfigError(f"{var}: {'.'.join(path)} is not a section")
             node = child
         parsed: Any = value
-        if value.strip().startswith("["):
+        # A list or a table (e.g. slo.thresholds, whose scopes no variable name can spell)
+        # is given as JSON.
+        opening = value.strip()[:1]
+        if opening in ("[", "{"):
+            kind = "list" if opening == "[" else "table"
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{var}: invalid JSON list: {exc.msg}") from None
+                raise ConfigError(
+                    f"{var}: invalid JSON {kind}: {exc.msg} (line {exc.lineno} column {exc.colno})"
+                ) from None
         node[path[-1]] = parsed
         origins[".".join(path)] = var
     return origins

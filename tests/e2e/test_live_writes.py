@@ -111,6 +111,7 @@ def test_gate_failure_rolls_back_with_writers_running(release_env: ReleaseEnv) -
     assert any("0005" in kept for kept in data["rollback"]["kept"])
     assert_nothing_lost(report)
     assert report.served_by().get("green", 0) == 0
+    print(report.summary())
 
 
 def test_watch_failure_after_promotion_carries_writes_back(release_env: ReleaseEnv) -> None:
@@ -129,6 +130,9 @@ def test_watch_failure_after_promotion_carries_writes_back(release_env: ReleaseE
     assert versions["postgres"] == "0005"
     assert versions["redis"] in (None, "0000", "base")
     assert any("expanded" in kept for kept in data["rollback"]["kept"])
+    status = env.run("migrate", "status", "--store", "postgres")
+    assert f"kept:     after the rollback of release {data['release_id']}" in status.stdout
+    assert "expanded" in status.stdout, status.stdout
     # Green served real users before the watch failed: what they wrote reads back on blue.
     assert report.served_by()["green"] > 0
     assert_nothing_lost(report, bad_color="green")

@@ -93,6 +93,24 @@ def test_dry_run_and_a_blocked_contract_change_nothing(release_env: ReleaseEnv) 
     assert _snapshot(env) == before
     assert env.serving() == {"blue:v1": 6}
 
+    # A Redis move without a down transform could not be carried back after promotion:
+    # the plan says so and the release refuses it, exit 2, one line, nothing changed.
+    env.add_migration("redis", "0001_sessions_snake_case.py", NO_DOWN_MOVE)
+    refused = env.run("release", "--image", "notes:v2", "--allow-contract", "--json")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "down" in errors[0], refused.stderr
+    assert json.loads(refused.stdout)["steps"][-1]["name"] == "plan"
+    assert _snapshot(env) == before
+
+
+NO_DOWN_MOVE = '''"""Test: sessions move to the v2 layout with no way back."""
+
+from releasegate.migrations.redis import KeyMove
+
+MOVES = [KeyMove("sess:*", "sess:", "session:", up=lambda v: {"user_id": v.get("userId")})]
+'''
+
 
 def test_release_v2_then_v3_bad_rolls_back(release_env: ReleaseEnv, tmp_path: Path) -> None:
     env = release_env

@@ -153,9 +153,17 @@ def test_migration_failing_half_way(release_env: ReleaseEnv) -> None:
         'op.execute("ALTER TABLE users ADD COLUMN fault_probe text")\n'
         '    op.execute("UPDATE users SET no_such_column = 1")',
     )
+    # Mixed-case addresses: the irreversible 0005 lower-cases them before 0005a fails.
+    env.query("UPDATE users SET email = upper(email) WHERE id <= 20")
     result, data = _release(env)
     assert_rolled_back(env, result, data, "migrate")
     assert "no_such_column" in data["error"]
+    # 0005 is kept, so its 20 rewritten rows are accepted as it left them, no more.
+    users = next(
+        c for c in data["rollback"]["verification"]["checks"] if c["item"] == "content public.users"
+    )
+    assert "20 as the kept migration left them" in users["actual"], users
+    assert env.query("SELECT count(*) AS n FROM users WHERE email <> lower(email)")[0]["n"] == 0
     # The revision's transaction was rolled back with it: no half-added column.
     columns = env.query(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'users'"

@@ -56,6 +56,26 @@ def test_actionlint_when_installed() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_zizmor_finds_nothing_unexplained() -> None:
+    """zizmor's audit of every workflow and composite action in the repository, offline (no
+    GitHub API); a deliberate exception carries a `# zizmor: ignore[rule]` and its reason."""
+    tool = shutil.which("zizmor") or str(BIN / "zizmor")
+    if not Path(tool).exists():
+        pytest.fail("zizmor is not installed: it is a dev extra (pip install -e '.[dev]')")
+    env = {k: v for k, v in os.environ.items() if k not in ("GH_TOKEN", "GITHUB_TOKEN")}
+    proc = subprocess.run(
+        [tool, "--offline", "--no-progress", "--color=never", "."],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**env, "NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # It did audit the workflows (a wrong input would audit nothing and pass).
+    for name in NAMES:
+        assert f".github/workflows/{name}" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_remote_actions_are_pinned_to_full_shas(name: str) -> None:
     for step in _steps(_load(name)):
@@ -212,6 +232,55 @@ def test_preflight_writes_annotations_under_actions(repo: Path) -> None:
     proc = _preflight(repo, RG_VERSION="nope", ACT="true")
     assert proc.returncode == 2
     assert proc.stdout.startswith("::error title=releasegate preflight::version 'nope'")
+
+
+# Inputs that try to end the annotation's line and start a workflow command of their own.
+HOSTILE_INPUTS = {
+    "RG_VERSION": "v1\n::set-output name=x::y",
+    "RG_IMAGE": "::add-mask::",
+    "RG_ENVIRONMENT": "prod\r::stop-commands::token",
+    "RG_GATE_PROFILE": "quick%0A::warning::w",
+    "RG_TARGET": "remote\n::error::fake",
+    "RG_CONFIG": "releasegate.toml\r\n::notice::n",
+}
+ANNOTATION = "::error title=releasegate preflight::"
+
+
+# (ids without "act", which `-k 'not act'` leaves out with the slow rehearsal)
+@pytest.mark.parametrize("runner", ["ACT", "GITHUB_ACTIONS"], ids=["local", "hosted"])
+def test_preflight_escapes_hostile_inputs_in_annotations(repo: Path, runner: str) -> None:
+    proc = _preflight(repo, **HOSTILE_INPUTS, **{runner: "true"})
+    assert proc.returncode == 2
+    # The runner reads commands from both streams: the only lines that start with `::` are
+    # the annotations, one per problem, as there is one `error:` line per problem.
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("::")]
+    assert all(line.startswith(ANNOTATION) for line in commands), proc.stdout
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("::")], proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(commands) == len(HOSTILE_INPUTS), proc.stdout + proc.stderr
+    assert len(proc.stderr.splitlines()) == len(errors) + 1  # + "preflight failed: ..."
+    # Each input is shown, escaped: %0A/%0D in an annotation, \n/\r on the error line.
+    assert f"{ANNOTATION}input version 'v1%0A::set-output name=x::y' is not" in proc.stdout
+    assert "error: input version 'v1\\n::set-output name=x::y' is not" in proc.stderr
+    assert "input gate-profile 'quick%250A::warning::w' is unknown" in proc.stdout
+    assert "input config 'releasegate.toml%0D%0A::notice::n'" not in proc.stdout
+    assert "config file 'releasegate.toml%0D%0A::notice::n' not found" in proc.stdout
+
+
+def test_workflow_command_shell_function_escapes_properties_and_message() -> None:
+    lib = ROOT / "scripts" / "lib" / "workflow-commands.sh"
+    script = f'source "{lib}"; workflow_command warning "$1" "title=$2" file=a.sh'
+    proc = subprocess.run(
+        ["bash", "-c", script, "-", "50%\r\n::x", "a:b,c%"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "::warning title=a%3Ab%2Cc%25,file=a.sh::50%25%0D%0A::x\n"
+    bad = subprocess.run(
+        ["bash", "-c", f'source "{lib}"; workflow_command "add mask" x'],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
 
 
 # --- slow: the staging workflow under act, with local images only ------------------------

@@ -295,3 +295,25 @@ def test_postgres_url_unset_is_a_config_error(tmp_path: Path, env: dict[str, str
     with pytest.raises(ConfigError, match="NOTES_DATABASE_URL") as info:
         settings.postgres_url()
     assert "not set" in str(info.value)
+
+
+def test_json_table_override_replaces_the_table(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + '[slo.thresholds]\ntotal = ["p95 < 800ms"]\n')
+    env = {"RELEASEGATE_SLO__THRESHOLDS": '{"total": ["p95 < 300ms"], "GET /x": ["p99 < 1s"]}'}
+    settings = load_config(path, env)
+    assert settings.raw.slo.thresholds == {"total": ["p95 < 300ms"], "GET /x": ["p99 < 1s"]}
+
+
+def test_invalid_json_table_override(tmp_path: Path) -> None:
+    env = {"RELEASEGATE_SLO__THRESHOLDS": '{"total": ["p95 < 300ms"]'}
+    message = load_error(write(tmp_path, MINIMAL), env)
+    assert message.startswith("RELEASEGATE_SLO__THRESHOLDS: invalid JSON table")
+    assert "\n" not in message
+
+
+def test_bad_rule_in_a_json_table_names_the_variable(tmp_path: Path) -> None:
+    env = {"RELEASEGATE_SLO__THRESHOLDS": '{"total": ["p95 < fast"]}'}
+    message = load_error(write(tmp_path, MINIMAL), env)
+    assert "slo.thresholds" in message
+    assert "p95 < fast" in message
+    assert "RELEASEGATE_SLO__THRESHOLDS" in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import pytest
 
 from releasegate import secrets
 from releasegate.report.files import write_reports
-from releasegate.report.github import TRUNCATION_NOTE, GithubEnv, format_output, publish
+from releasegate.report.github import (
+    TRUNCATION_NOTE,
+    GithubEnv,
+    format_output,
+    publish,
+    workflow_command,
+)
 from releasegate.secrets import redact, register_secret
 
 MIB = 1024 * 1024
@@ -114,7 +121,7 @@ def test_output_values_of_other_types_and_secrets(gh: GithubEnv) -> None:
     }
 
 
-@pytest.mark.parametrize("name", ["", "1abc", "has space", "a=b", "a<<b", "é", "a\nb", "-x"])
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "a=b", "a<<b", "é", "a\nb", "-x", "a\n"])
 def test_output_names_are_validated(gh: GithubEnv, name: str) -> None:
     with pytest.raises(ValueError, match="invalid output name"):
         gh.set_output(name, "v")
@@ -167,6 +174,68 @@ def test_mask(gh: GithubEnv) -> None:
     assert isinstance(gh.stdout, io.StringIO)
     assert gh.stdout.getvalue() == "::add-mask::s3cr3t-value\n::add-mask::100%25-line\n"
     assert redact("token s3cr3t-value here") == "token *** here"
+
+
+# Inputs that try to end a workflow command's line and start one of their own.
+HOSTILE = [
+    "v1\n::set-output name=x::y",
+    "::add-mask::",
+    "a\r::stop-commands::token",
+    "100%0A::warning::x",
+    "x\r\n::error file=a,line=1::boom",
+    "t:1,title=other",
+]
+_ESCAPES = {"%25": "%", "%0D": "\r", "%0A": "\n", "%3A": ":", "%2C": ","}
+
+
+def parse_command(line: str) -> tuple[str, dict[str, str], str]:
+    """A workflow command as the runner reads it: the command and its properties end at the
+    first ``::`` after the leading one, properties split on ``,`` and ``=``, then unescaped."""
+    assert line.startswith("::")
+    end = line.index("::", 2)
+    name, _, props = line[2:end].partition(" ")
+
+    def unescape(text: str) -> str:
+        return re.sub(r"%(25|0D|0A|3A|2C)", lambda m: _ESCAPES[m.group(0)], text)
+
+    properties = dict(pair.split("=", 1) for pair in props.split(",") if pair)
+    return name, {k: unescape(v) for k, v in properties.items()}, unescape(line[end + 2 :])
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_workflow_command_keeps_hostile_input_inside_one_command(text: str) -> None:
+    line = workflow_command("error", text, {"title": text, "file": "a.py"})
+    assert line.splitlines() == [line]
+    assert line.startswith("::error title=")
+    assert parse_command(line) == ("error", {"title": text, "file": "a.py"}, text)
+    assert parse_command(workflow_command("notice", text)) == ("notice", {}, text)
+
+
+def test_workflow_command_escapes_as_github_documents() -> None:
+    line = workflow_command("warning", "50%\r\n::x", {"title": "a:b,c%"})
+    assert line == "::warning title=a%3Ab%2Cc%25::50%25%0D%0A::x"
+
+
+@pytest.mark.parametrize(
+    ("command", "properties"),
+    [("", {}), ("add mask", {}), ("error\n", {}), ("error", {"ti tle": "x"}), ("error", {"": "x"})],
+)
+def test_workflow_command_rejects_malformed_names(command: str, properties: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="invalid workflow command"):
+        workflow_command(command, "m", properties)
+
+
+def test_mask_writes_nothing_but_masks_for_hostile_values(gh: GithubEnv) -> None:
+    for value in HOSTILE:
+        gh.mask(value)
+    assert isinstance(gh.stdout, io.StringIO)
+    lines = gh.stdout.getvalue().splitlines()
+    # One mask per line of each value, and every line of output is a mask of one of them.
+    wanted = {line for value in HOSTILE for line in value.splitlines() if line.strip()}
+    assert len(lines) == len(wanted)
+    assert sorted(parse_command(line) for line in lines) == sorted(
+        ("add-mask", {}, w) for w in wanted
+    )
 
 
 def test_publish(tmp_path: Path, gh: GithubEnv) -> None:

@@ -271,6 +271,7 @@ def sample_result(tmp_path: Path) -> dict[str, Any]:
             "steps": [
                 {"name": "traffic back to blue", "status": "ok", "duration_s": 0.1, "detail": {}}
             ],
+            "kept": ["postgres kept at 0005: irreversible revision 0005 ran before promotion"],
             "verification": {
                 "ok": False,
                 "checks": [
@@ -373,6 +374,7 @@ def test_markdown_has_every_section(tmp_path: Path) -> None:
     # Rollback: steps, verification and manual steps.
     assert "**Reason:** slo gate failed: total: p95 < 300ms" in md
     assert "**Verification: FAILED** (1 of 2 checks match)" in md
+    assert "- postgres kept at 0005: irreversible revision 0005 ran before promotion" in lines
     assert "| postgres revision | `0002` | `0006` | **MISMATCH** |" in lines
     assert (
         "```sh\nreleasegate backup restore 20261121T150001.250Z --store postgres --yes\n"
@@ -563,6 +565,7 @@ def test_text_summary(tmp_path: Path) -> None:
         "",
         "error: slo gate failed: total: p95 < 300ms (observed 430.0ms)",
     ]
+    assert "  kept: postgres kept at 0005: irreversible revision 0005 ran before promotion" in lines
     manual = lines.index("manual steps (a human must run these, in order):")
     assert lines[manual + 1].startswith("  releasegate backup restore 20261121T150001.250Z")
 

@@ -15,6 +15,11 @@ from releasegate.cli import CliState, pass_state
 @click.option(
     "--all", "nested", is_flag=True, help="Also the backups, migrations, restores a release ran."
 )
+@click.option(
+    "--kind",
+    type=click.Choice(["release", "rollback", "dry-run", "migrate", "backup", "restore"]),
+    help="Only rows of this kind.",
+)
 @pass_state
 def history(
     state: CliState,
@@ -23,6 +28,7 @@ def history(
     release_id: int | None,
     all_services: bool,
     nested: bool,
+    kind: str | None,
 ) -> int:
     """List releases recorded in the ledger, newest first: one row per release."""
     from releasegate.errors import ConfigError
@@ -40,7 +46,9 @@ def history(
             children = ledger.children(release_id)
         else:
             service = None if all_services else settings.service
-            releases = ledger.releases(service, limit, with_events=as_json, nested=nested)
+            releases = ledger.releases(
+                service, limit, with_events=as_json, nested=nested, kind=kind
+            )
             children = []
     if as_json:
         data = [r.to_dict() for r in releases]

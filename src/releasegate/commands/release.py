@@ -80,6 +80,10 @@ def release(
         from releasegate.deploy.engine import connect as docker_connect
 
         containers.resolve_image(docker_connect(), image, pull=not dry_run)
+        # What the config refers to, env.py included: bad input is refused the same way.
+        from releasegate.validate import require_valid
+
+        require_valid(settings, release=True)
     with StepDisplay(stream=sys.stderr) as display:
         if resume_:
             result = run.resume(settings, listener=display, force=force)

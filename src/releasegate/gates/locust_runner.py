@@ -314,7 +314,8 @@ def check_locustfile(path: Path) -> None:
         raise ConfigError(f"cannot read locustfile {path}: {exc}") from None
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a Locust child process."""
     # LOCUST_* variables would silently change the run (users, run time, processes...).
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -346,7 +347,7 @@ class LocustProcess:
                     stdout=summary,
                     stderr=log,
                     cwd=plan.out_dir,
-                    env=_child_env(),
+                    env=child_env(),
                     start_new_session=True,
                 )
             except OSError as exc:

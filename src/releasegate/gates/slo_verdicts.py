@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from releasegate.gates.locust_runner import LocustRun
 from releasegate.gates.locust_stats import WindowStats
-from releasegate.gates.thresholds import Threshold, format_value
+from releasegate.gates.thresholds import Threshold, format_observed, format_value
 
 if TYPE_CHECKING:
     from releasegate.config import SloCompareSection
@@ -50,7 +50,9 @@ class RuleResult:
 
     @property
     def observed_text(self) -> str:
-        return "-" if self.observed is None else format_value(self.metric, self.observed)
+        if self.observed is None:
+            return "-"
+        return format_observed(self.metric, self.op, self.limit, self.observed)
 
     def to_dict(self) -> dict[str, Any]:
         return {

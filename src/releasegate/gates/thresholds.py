@@ -87,6 +87,27 @@ def format_value(metric: str, value: float, *, exact: bool = False) -> str:
     return f"{value:g}" if exact else f"{int(value)}"
 
 
+def format_observed(metric: str, op: str, limit: float, value: float) -> str:
+    """An observed ``value`` for display, with as many digits as it takes for the shown
+    figure to get the rule's own verdict: 9.96 against ``rps >= 10`` shows ``9.96/s``,
+    never a passing-looking ``10.0/s``."""
+    judge = OPERATORS[op]
+    passes = judge(value, limit)
+    percent = metric == "error_rate"
+    scale = 100.0 if percent else 1.0
+    first = 2 if percent else 0 if metric == "requests" else 1
+    for digits in range(first, first + 10):
+        shown = round(value * scale, digits)
+        if judge(shown / scale, limit) == passes:
+            break
+    else:
+        digits, shown = 17, value * scale
+    unit = (
+        "%" if percent else "ms" if metric in LATENCY_METRICS else "/s" if metric == "rps" else ""
+    )
+    return f"{shown:.{digits}f}{unit}"
+
+
 def non_ascii_digit(text: str) -> str | None:
     """The first digit in ``text`` that is not one of ``0``-``9`` (e.g. a full-width one)."""
     return next((ch for ch in text if ch.isdigit() and not ch.isascii()), None)

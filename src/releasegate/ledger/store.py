@@ -328,15 +328,18 @@ class Ledger:
         limit: int = 20,
         with_events: bool = False,
         nested: bool = False,
+        kind: str | None = None,
     ) -> list[Release]:
-        """The newest release rows first; a release's own steps only with ``nested``."""
+        """The newest release rows first; a release's own steps only with ``nested``;
+        only rows of ``kind`` (``release``, ``rollback``, ``backup``...) when given."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 f"SELECT * FROM {LEDGER_SCHEMA}.releases"
                 " WHERE (%(service)s::text IS NULL OR service = %(service)s)"
                 " AND (%(nested)s OR parent_id IS NULL)"
+                " AND (%(kind)s::text IS NULL OR kind = %(kind)s)"
                 " ORDER BY id DESC LIMIT %(limit)s",
-                {"service": service, "limit": limit, "nested": nested},
+                {"service": service, "limit": limit, "nested": nested, "kind": kind},
             )
             rows = self._as_shown([Release(**row) for row in cur.fetchall()])
         if with_events:

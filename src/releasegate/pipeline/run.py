@@ -341,13 +341,21 @@ def rollback(
     url = settings.postgres_url()
     with Ledger.open(url, "rollback") as probe:
         if release_id is None:
+            # Only the newest release, and only while it is the one that serves: undoing
+            # an older good release takes its id (a failed newer one already ended).
             row = probe.conn.execute(
-                "SELECT id FROM releasegate.releases WHERE service = %s AND kind = 'release'"
-                " AND outcome IN ('succeeded', 'running') ORDER BY id DESC LIMIT 1",
+                "SELECT id, outcome FROM releasegate.releases WHERE service = %s"
+                " AND kind = 'release' ORDER BY id DESC LIMIT 1",
                 (settings.service,),
             ).fetchone()
             if row is None:
                 raise StateError(f"no release of service '{settings.service}' to roll back")
+            if row[1] not in ("succeeded", "running"):
+                raise StateError(
+                    f"the last release {row[0]} of service '{settings.service}' ended"
+                    f" {row[1]}: nothing of it serves; to undo an older release, name the"
+                    " release to undo with --to"
+                )
             release_id = int(row[0])
         target = probe.release(release_id)
     if target is None or target.kind != "release":

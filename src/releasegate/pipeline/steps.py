@@ -6,6 +6,7 @@ that a rollback (or ``--resume`` after a crash) also undoes a change that was cu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -101,8 +102,10 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
     """Pending migrations of every store, phases and lint; contract needs --allow-contract."""
     from releasegate.migrations import stores
     from releasegate.migrations.plan import plan as pg_plan
+    from releasegate.validate import require_valid
 
     settings = ctx.settings
+    require_valid(settings, release=True)  # a ConfigError: exit 2, before the backup
     pg = pg_plan(settings)
     sections: dict[str, Any] = {"postgres": pg.to_dict()}
     others = stores.status(settings, stores.configured_stores(settings)[1:])
@@ -198,7 +201,15 @@ def migrate(ctx: ReleaseContext) -> StepOutcome:
             revisions=plan_sections["expand"],
             irreversible=plan_sections.get("irreversible", []),
         )
-        result = stores.up(ctx.settings, [POSTGRES], plan_sections["expand"][-1])
+        try:
+            result = stores.up(ctx.settings, [POSTGRES], plan_sections["expand"][-1])
+        except Exception:
+            if plan_sections.get("irreversible"):
+                # An irreversible revision may have run before the failure: the rollback
+                # keeps it, so its verification needs the rows as it left them.
+                with contextlib.suppress(Exception):
+                    _fingerprint_after_migrate(ctx)
+            raise
         done[POSTGRES] = result[POSTGRES].to_dict()
         ctx.update_change(POSTGRES, after=done[POSTGRES]["after"])
         if plan_sections.get("irreversible"):
@@ -344,8 +355,10 @@ def promote(ctx: ReleaseContext) -> StepOutcome:
 
 
 def watch(ctx: ReleaseContext) -> StepOutcome:
-    """Smoke plus a short SLO check through the router, for the configured window."""
+    """Smoke plus a short SLO check through the router, for the configured window, with
+    the watch's thresholds (see :mod:`releasegate.pipeline.watch`)."""
     from releasegate.gates.slo import run_slo_gate
+    from releasegate.pipeline.watch import watch_slo
     from releasegate.router.manager import router_address
 
     window = ctx.options.watch
@@ -360,22 +373,8 @@ def watch(ctx: ReleaseContext) -> StepOutcome:
     if not report.ok:
         cleanup = _after_hook(ctx, "after_watch", ctx.target)
         return StepOutcome(False, "smoke through the router failed after promotion" + cleanup)
-    slo = ctx.settings.raw.slo
-    users = ctx.settings.raw.release.watch_users
-    short = slo.model_copy(
-        update={
-            "duration": window,
-            "warmup": min(slo.warmup, 2.0),
-            "users": users,
-            # Scale the floor with the shorter window and fewer users; never below 20.
-            "min_requests": max(
-                20, int(slo.min_requests * window / slo.duration * users / slo.users)
-            ),
-            "compare": slo.compare.model_copy(update={"enabled": False}),
-        }
-    )
     result = run_slo_gate(
-        short,
+        watch_slo(ctx.settings.raw.slo, ctx.settings.raw.release, window),
         ctx.settings.root,
         address,
         out_dir=ctx.out_dir / f"release-{ctx.release_id}" / "watch",

@@ -1,4 +1,4 @@
-"""Writing GitHub Actions' files: step outputs, the job summary, masks.
+"""Writing GitHub Actions' files and commands: step outputs, the job summary, masks.
 
 GitHub hands a step two files through the environment: ``GITHUB_OUTPUT`` takes
 ``name=value`` lines (or, for multi-line values, the heredoc form
@@ -25,7 +25,7 @@ from releasegate.secrets import redact, register_secret
 OutputValue = str | int | float | bool | None
 
 # What GitHub accepts as an output name (and what is usable in ${{ steps.x.outputs.name }}).
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # The one outcome after which the new image serves: the ledger's "succeeded".
 PROMOTED_OUTCOME = "succeeded"
 TRUNCATION_NOTE = (
@@ -43,7 +43,7 @@ def _output_text(value: OutputValue) -> str:
 
 def format_output(name: str, value: OutputValue) -> str:
     """One output as ``GITHUB_OUTPUT`` expects it, heredoc form for multi-line values."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid output name {name!r}: use letters, digits, '-' and '_',"
             " starting with a letter or '_'"
@@ -57,9 +57,36 @@ def format_output(name: str, value: OutputValue) -> str:
     return f"{name}<<{delimiter}\n{text}\n{delimiter}\n"
 
 
+# What a workflow command's name and its property names may be.
+_COMMAND_RE = re.compile(r"[a-z][a-z-]*")
+_PROPERTY_RE = re.compile(r"[A-Za-z]+")
+
+
 def _escape_command_data(value: str) -> str:
-    # The runner unescapes these in workflow command data.
     return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def workflow_command(
+    command: str, message: str, properties: Mapping[str, str] | None = None
+) -> str:
+    """One workflow command line, ``::COMMAND NAME=VALUE,...::MESSAGE``, without its newline.
+
+    Escaped as the runner unescapes it, so no message or property can end the line and start
+    a command of its own: in the message ``%`` CR LF become ``%25`` ``%0D`` ``%0A``; in a
+    property value also ``:`` and ``,`` (``%3A`` ``%2C``), which would end the value. A ``::``
+    inside the message needs nothing: the runner ends the command at the first ``::`` after
+    its name and properties. Raises ValueError for a malformed command or property name.
+    """
+    if not _COMMAND_RE.fullmatch(command):
+        raise ValueError(f"invalid workflow command name {command!r}")
+    pairs = []
+    for name, value in (properties or {}).items():
+        if not _PROPERTY_RE.fullmatch(name):
+            raise ValueError(f"invalid workflow command property name {name!r}")
+        escaped = _escape_command_data(value).replace(":", "%3A").replace(",", "%2C")
+        pairs.append(f"{name}={escaped}")
+    head = f"{command} {','.join(pairs)}" if pairs else command
+    return f"::{head}::{_escape_command_data(message)}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +192,7 @@ class GithubEnv:
         for line in value.splitlines():
             if line.strip():
                 register_secret(line)
-                stream.write(f"::add-mask::{_escape_command_data(line)}\n")
+                stream.write(workflow_command("add-mask", line) + "\n")
         stream.flush()
 
 

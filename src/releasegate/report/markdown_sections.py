@@ -145,6 +145,10 @@ def rollback_section(r: Mapping[str, Any]) -> list[str]:
             for s in steps
         )
         lines += ["", *table_lines(["step", "status", "duration", "detail"], rows)]
+    kept = [escape_text(k, MAX_ERROR) for k in as_list(rb.get("kept"))]
+    if kept:
+        lines += ["", "**Kept on purpose** (not undone, and why):", ""]
+        lines += [f"- {k}" for k in kept]
     verification = as_map(rb.get("verification"))
     if verification:
         checks = as_maps(verification.get("checks"))

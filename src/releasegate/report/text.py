@@ -76,6 +76,7 @@ def _text_rollback(rb: Mapping[str, Any]) -> list[str]:
     for s in as_maps(rb.get("steps")):
         name, status = one_line(s.get("name"), 60), one_line(s.get("status"), 20)
         lines.append(f"  {name}: {status} ({format_seconds(s.get('duration_s'))})")
+    lines += [f"  kept: {one_line(k, 200)}" for k in as_list(rb.get("kept"))]
     verification = as_map(rb.get("verification"))
     if verification:
         checks = as_maps(verification.get("checks"))
