@@ -44,6 +44,7 @@ def code_span(value: Any, limit: int = MAX_CELL) -> str:
 
 
 def status_cell(value: Any) -> str:
+    """A status as a table cell, bold when it failed."""
     text = escape_text(value) or "-"
     return f"**{text}**" if text in _BOLD_STATUSES else text
 
@@ -98,6 +99,7 @@ def _escape_pipe(match: re.Match[str]) -> str:
 
 
 def more_rows(count: int, what: str = "rows") -> list[str]:
+    """The note of the rows left out, after a blank line (none when none were)."""
     # The blank line matters: a line right after a table would become one of its rows.
     return ["", MORE_NOTE.format(count=count, what=what)] if count > 0 else []
 
@@ -116,6 +118,7 @@ def table_rows(
 def bullet_list(
     items: Sequence[Any], what: str, budget: Budget, limit: int = MAX_CELL
 ) -> list[str]:
+    """A bullet per item the budget allows, and a note of the rest."""
     shown, hidden = budget.limit_items(items)
     return [*(budget.spend(f"- {escape_text(x, limit)}") for x in shown), *more_rows(hidden, what)]
 
@@ -131,4 +134,5 @@ def code_block(
 
 
 def details(summary: str, body: list[str]) -> list[str]:
+    """A collapsed ``<details>`` block with ``summary`` and ``body``."""
     return [f"<details><summary>{summary}</summary>", "", *body, "", "</details>"]

@@ -126,6 +126,7 @@ def _data_store_plan(title: str, p: Mapping[str, Any], budget: Budget) -> list[s
 
 
 def plan_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
+    """The migration plan: contract revisions, then each store's pending migrations."""
     plan = as_map(r.get("plan"))
     if not plan:
         return []
@@ -172,6 +173,7 @@ def _applied_row(item: tuple[str, Mapping[str, Any]]) -> list[str]:
 
 
 def migrations_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
+    """The migrations applied (or undone), store by store and step by step."""
     applied = as_map(r.get("migrations"))
     parts = [(s, as_map(applied.get(s))) for s in STORES if isinstance(applied.get(s), Mapping)]
     if not parts:

@@ -45,6 +45,7 @@ from releasegate.report.values import (
 
 
 def headline_section(r: Mapping[str, Any]) -> list[str]:
+    """The title with the outcome, and the image, performer, commit, colors and times."""
     word = status_word(as_text(r.get("outcome")) or None)
     title = (
         f"## {escape_text(r.get('service')) or 'service'} {escape_text(r.get('kind')) or 'release'}"
@@ -87,6 +88,7 @@ def headline_section(r: Mapping[str, Any]) -> list[str]:
 
 
 def error_section(r: Mapping[str, Any]) -> list[str]:
+    """The error in a code block; nothing when there is none."""
     error = clip(as_text(r.get("error")).strip(), MAX_ERROR)
     return ["### Error", "", *code_block(error.splitlines())] if error else []
 
@@ -103,6 +105,7 @@ def _step_row(item: tuple[int, Mapping[str, Any]]) -> list[str]:
 
 
 def steps_section(r: Mapping[str, Any]) -> list[str]:
+    """The table of the release's steps and their total time."""
     steps = as_maps(r.get("steps"))
     if not steps:
         return []
@@ -127,6 +130,7 @@ def _check_row(c: Mapping[str, Any]) -> list[str]:
 
 
 def rollback_section(r: Mapping[str, Any]) -> list[str]:
+    """Why the release rolled back, its steps, their verification and manual steps."""
     rb = as_map(r.get("rollback"))
     if not rb:
         return []
@@ -253,6 +257,7 @@ def _manifest_lines(manifest: Mapping[str, Any], budget: Budget) -> list[str]:
 
 
 def backup_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
+    """The restore point: the set, its stores and files, and its verification."""
     manifest = as_map(r.get("backup"))
     verify = as_map(r.get("backup_verify"))
     if not manifest and not verify:
@@ -276,6 +281,7 @@ def backup_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
 
 
 def deploy_section(r: Mapping[str, Any]) -> list[str]:
+    """The color deployed, its container and image, and when it was ready."""
     deploy = as_map(r.get("deploy"))
     if not deploy:
         return []
@@ -303,6 +309,7 @@ def _smoke_row(c: Mapping[str, Any]) -> list[str]:
 
 
 def smoke_section(smoke: Mapping[str, Any], budget: Budget, level: str = "###") -> list[str]:
+    """The smoke checks and how each went."""
     if not smoke:
         return []
     checks = as_maps(smoke.get("checks"))
@@ -361,6 +368,7 @@ def _slo_paths(slo: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
 
 
 def slo_section(slo: Mapping[str, Any], budget: Budget, level: str = "###") -> list[str]:
+    """The SLO gate: target, window, rules, comparisons, reasons and Locust's files."""
     if not slo:
         return []
     lines = [f"{level} SLO gate: {escape_text(slo.get('verdict')).upper() or '-'}", ""]
@@ -422,6 +430,7 @@ def _switch_row(x: Mapping[str, Any]) -> list[str]:
 
 
 def router_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
+    """The traffic switches: live color and weights before and after."""
     switches = as_maps(r.get("router"))
     if not switches:
         return []
@@ -431,6 +440,7 @@ def router_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
 
 
 def watch_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
+    """The smoke and SLO checks through the router after the switch."""
     watch = as_map(r.get("watch"))
     smoke = smoke_section(as_map(watch.get("smoke")), budget, "####")
     slo = slo_section(as_map(watch.get("slo")), budget, "####")

@@ -51,31 +51,38 @@ def as_text(value: Any) -> str:
 
 
 def as_map(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else an empty one."""
     return value if isinstance(value, Mapping) else {}
 
 
 def as_list(value: Any) -> list[Any]:
+    """``value`` as a list when it is a list or tuple, else an empty list."""
     return list(value) if isinstance(value, list | tuple) else []
 
 
 def as_maps(value: Any) -> list[Mapping[str, Any]]:
+    """Every item of a list as a mapping (others become empty ones)."""
     return [as_map(item) for item in as_list(value)]
 
 
 def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def one_line(value: Any, limit: int = MAX_CELL) -> str:
+    """A value as redacted text on one line, at most ``limit`` characters."""
     # Redacted whole, then cut: a cut first could leave part of a secret unrecognised.
     return clip(" ".join(as_text(value)[: limit * 4].split()), limit)
 
 
 def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (a bool is not)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def format_seconds(value: Any) -> str:
+    """``85ms``, ``12.5s``, ``3m05.0s``; ``-`` for no number."""
     if not is_number(value):
         return "-"
     if value < 0.1:
@@ -87,6 +94,7 @@ def format_seconds(value: Any) -> str:
 
 
 def format_size(value: Any) -> str:
+    """``512 B``, ``1.5 KiB``, ``2.0 MiB``, ``3.2 GiB``; ``-`` for no number."""
     if not is_number(value):
         return "-"
     size = float(value)
@@ -98,6 +106,7 @@ def format_size(value: Any) -> str:
 
 
 def format_number(value: Any) -> str:
+    """An int with thousands separators, a float in ``g`` form, else the text."""
     if not is_number(value):
         return as_text(value) or "-"
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
@@ -120,8 +129,10 @@ def pairs_text(value: Any) -> str:
 
 
 def weights_text(value: Any) -> str:
+    """``{"blue": 0, "green": 100}`` -> ``blue 0, green 100``."""
     return ", ".join(f"{as_text(k)} {format_number(v)}" for k, v in sorted(as_map(value).items()))
 
 
 def files_size(files: Sequence[Mapping[str, Any]]) -> int:
+    """The bytes of the listed files that record a size."""
     return sum(int(f["size"]) for f in files if is_number(f.get("size")))

@@ -92,4 +92,5 @@ def progress_of(checkpoint: Mapping[str, str], steps: Sequence[int] = ()) -> dic
 
 
 def as_text(value: Any) -> str:
+    """A Redis reply (bytes or not) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
