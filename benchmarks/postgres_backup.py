@@ -131,7 +131,7 @@ def main() -> None:
         server, args.db_name or f"rgbench_backup_{args.size_mb}mb", args.size_mb
     )
     size_mb = database_mb(source)
-    from releasegate.backup.postgres import find_tool, libpq_target
+    from releasegate.backup.postgres_tools import find_tool, libpq_target
 
     pg_dump = find_tool("pg_dump", 15).path
     pg_restore = find_tool("pg_restore", 15).path

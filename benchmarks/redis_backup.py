@@ -30,7 +30,7 @@ from notes_app.seed_redis import seed_sessions
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from releasegate.backup import redis as rb
+from releasegate.backup import redis_export, redis_restore
 from releasegate.stores import redis as stores
 
 op, url, path, batch = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
@@ -39,10 +39,10 @@ if op != "baseline":
     client = stores.connect(url, purpose="bench " + op)
     started = time.perf_counter()
     if op == "export":
-        result = rb.export_keys(client, path, ["*"], batch_size=batch)
+        result = redis_export.export_keys(client, path, ["*"], batch_size=batch)
         out = {"keys": result.keys, "bytes": result.bytes}
     else:
-        result = rb.restore_file(client, path, batch_size=batch)
+        result = redis_restore.restore_file(client, path, batch_size=batch)
         out = {"keys": result.restored}
     out["seconds"] = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -126,7 +126,7 @@ def switch_latency(settings: Any, port: int, target: str, pollers: int = 3) -> S
     after it, or than the return of promote() when no later request hit the other
     color (the weights are in place when the runtime API answers).
     """
-    from releasegate.router.manager import promote
+    from releasegate.router.switching import promote
 
     samples: list[tuple[float, str]] = []
     done = threading.Event()
@@ -271,8 +271,10 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     sys.path.insert(0, str(REPO_ROOT / "src"))
     from releasegate.config import load_config
-    from releasegate.router.manager import rollback, router_down, router_up, wait_healthy
+    from releasegate.router.manager import router_down, router_up
     from releasegate.router.runtime import RuntimeClient
+    from releasegate.router.state import wait_healthy
+    from releasegate.router.switching import rollback
 
     with tempfile.TemporaryDirectory(prefix="rgbench-") as tmp, backends() as ports:
         folder = Path(tmp)

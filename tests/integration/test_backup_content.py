@@ -21,7 +21,7 @@ import pytest
 import redis
 from conftest import REPO_ROOT, Project
 
-from releasegate.backup import content, postgres, sets
+from releasegate.backup import content, postgres, set_create, sets
 from releasegate.backup.base import FileEntry, StoreBackup, sha256_file
 from releasegate.backup.content_postgres import ROWS_FILE, RowsFile
 from releasegate.config import Settings
@@ -387,7 +387,7 @@ def test_sets_create_lists_fingerprints_and_verify_checks_them(
 ) -> None:
     seeded.write_config(seeded.config_path.read_text() + '\n[backup]\ndir = "backups"\n')
     settings = seeded.settings()
-    manifest = sets.create(settings)
+    manifest = set_create.create(settings)
     set_dir = seeded.root / "backups" / manifest.set_id
     entry = manifest.store("postgres")
     assert entry is not None and ROWS_FILE in [f.name for f in entry.files]

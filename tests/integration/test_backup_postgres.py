@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from conftest import REPO_ROOT, Project, create_database, drop_database, url_for_database
 
-from releasegate.backup import postgres
+from releasegate.backup import postgres, postgres_contents, postgres_tools
 from releasegate.backup.base import StoreBackup
 from releasegate.errors import ConfigError, StateError
 from releasegate.ledger import Ledger, Outcome
@@ -109,13 +109,15 @@ def test_custom_format_round_trip(seeded: Project, tmp_path: Path, other_db: str
     assert "table public.alembic_version" in objects
     assert not [k for k in objects if "releasegate." in k]
     with psycopg.connect(seeded.url) as conn:
-        assert entry.extra["schema_fingerprint"] == postgres.take_snapshot(conn).fingerprint()
+        assert (
+            entry.extra["schema_fingerprint"] == postgres_contents.take_snapshot(conn).fingerprint()
+        )
 
     # The password reaches pg_dump through PGPASSWORD: the URL on its command line keeps
     # the user only (the test server may spell the password like the user: compare it
     # whole), and the manifest names the database without credentials.
     parts = urlsplit(seeded.url)
-    url, env = postgres.libpq_target(seeded.url, "backup")
+    url, env = postgres_tools.libpq_target(seeded.url, "backup")
     assert url == f"postgresql://{parts.username}@{parts.hostname}:{parts.port}{parts.path}"
     assert env["PGPASSWORD"] == parts.password
     assert env["PGAPPNAME"].startswith("releasegate/backup")
@@ -133,7 +135,7 @@ def test_custom_format_round_trip(seeded: Project, tmp_path: Path, other_db: str
     assert alembic_version(other_db) == ["0006"]
     assert fingerprint(other_db) == fingerprint(seeded.url)
     with psycopg.connect(other_db) as conn:
-        assert postgres.take_snapshot(conn).to_json() == entry.extra["schema"]
+        assert postgres_contents.take_snapshot(conn).to_json() == entry.extra["schema"]
 
 
 def test_directory_format_with_parallel_jobs(
@@ -259,20 +261,18 @@ def test_never_migrated_database_backs_up_empty(project: Project, tmp_path: Path
 
 def test_client_version_check() -> None:
     with pytest.raises(ConfigError) as too_old:
-        postgres.check_compatible("pg_dump", 14, 15)
+        postgres_tools.check_compatible("pg_dump", 14, 15)
     assert str(too_old.value) == (
         "pg_dump 14 cannot dump a PostgreSQL 15 server: install postgresql-client-15"
     )
-    postgres.check_compatible("pg_dump", 16, 15)  # newer clients may dump older servers
-    assert postgres.parse_tool_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)") == (
-        "15.18",
-        15,
-    )
-    assert postgres.server_major(150018) == 15
+    postgres_tools.check_compatible("pg_dump", 16, 15)  # newer clients may dump older servers
+    version_text = "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    assert postgres_tools.parse_tool_version(version_text) == ("15.18", 15)
+    assert postgres_tools.server_major(150018) == 15
 
-    tool = postgres.find_tool("pg_dump", 15)
+    tool = postgres_tools.find_tool("pg_dump", 15)
     assert tool.major >= 15
     if Path("/usr/lib/postgresql/15/bin/pg_dump").is_file():
         assert tool.path == "/usr/lib/postgresql/15/bin/pg_dump"
     with pytest.raises(ConfigError, match=r"cannot dump a PostgreSQL 99 server"):
-        postgres.find_tool("pg_dump", 99)
+        postgres_tools.find_tool("pg_dump", 99)

@@ -22,7 +22,7 @@ import redis
 from conftest import REPO_ROOT, Project
 from qdrant_client import QdrantClient
 
-from releasegate.backup import sets
+from releasegate.backup import set_create, set_restore, sets
 from releasegate.backup.loss import LossReport
 from releasegate.backup.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, is_set_id
 from releasegate.config import Settings
@@ -146,8 +146,8 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 def test_create_verify_restore_every_store(all_stores: Env) -> None:
     env = all_stores
     settings = env.settings()
-    progress: list[sets.Progress] = []
-    manifest = sets.create(settings, on_progress=progress.append)
+    progress: list[set_create.Progress] = []
+    manifest = set_create.create(settings, on_progress=progress.append)
 
     assert manifest.store_names == ["postgres", "redis", "qdrant"]
     assert [(p.store, p.status) for p in progress] == [
@@ -195,14 +195,14 @@ def test_create_verify_restore_every_store(all_stores: Env) -> None:
 
     reports: list[LossReport] = []
     with pytest.raises(ConfigError) as refused:
-        sets.restore(settings, manifest.set_id, on_report=reports.append)
+        set_restore.restore(settings, manifest.set_id, on_report=reports.append)
     assert "nothing changed" in str(refused.value) and "--yes" in str(refused.value)
     assert refused.value.exit_code == ExitCode.USAGE
     assert fingerprint(env.url) != before_pg  # untouched
     assert list(reports[0].stores) == ["postgres", "redis", "qdrant"]
     assert reports[0].live_color is None and "not running" in reports[0].router
 
-    result = sets.restore(settings, manifest.set_id, yes=True)
+    result = set_restore.restore(settings, manifest.set_id, yes=True)
     assert list(result.stores) == ["postgres", "redis", "qdrant"]
     assert fingerprint(env.url) == before_pg
     assert redis_keys(env.redis_url) == before_keys
@@ -222,23 +222,23 @@ def test_restore_a_subset_and_skip_unconfigured_stores(project: Project, redis_u
     configure(project, redis_on=True, qdrant=None)
     env = Env(project, redis_url)
     seed(env)
-    manifest = sets.create(env.settings(), stores=["postgres", "redis"])
+    manifest = set_create.create(env.settings(), stores=["postgres", "redis"])
     assert manifest.store_names == ["postgres", "redis"]
     client = redis.Redis.from_url(redis_url)
     client.set("added-after-backup", "1")
     client.close()
 
-    only_pg = sets.restore(env.settings(), "latest", stores=["postgres"], yes=True)
+    only_pg = set_restore.restore(env.settings(), "latest", stores=["postgres"], yes=True)
     assert list(only_pg.stores) == ["postgres"]
     assert b"added-after-backup" in redis_keys(redis_url)  # Redis untouched
 
-    without_redis = sets.restore(Env(project).settings(), "latest", yes=True)
+    without_redis = set_restore.restore(Env(project).settings(), "latest", yes=True)
     assert list(without_redis.stores) == ["postgres"]
     assert without_redis.skipped == {
         "redis": "environment variable NOTES_REDIS_URL (redis.url_env) is not set"
     }
     with pytest.raises(ConfigError, match="holds no qdrant backup"):
-        sets.restore(env.settings(), "latest", stores=["qdrant"])
+        set_restore.restore(env.settings(), "latest", stores=["qdrant"])
 
 
 # -- damage -------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_a_corrupt_file_fails_verify_and_restore_restores_nothing(
     configure(project, redis_on=True, qdrant=None)
     env = Env(project, redis_url)
     seed(env)
-    manifest = sets.create(env.settings())
+    manifest = set_create.create(env.settings())
     set_dir = env.backups / manifest.set_id
     flip_byte(set_dir / "postgres.dump")
 
@@ -267,7 +267,7 @@ def test_a_corrupt_file_fails_verify_and_restore_restores_nothing(
         conn.execute("UPDATE users SET display_name = 'after the backup' WHERE id = 1")
     releases_before = len(releases(env))
     with pytest.raises(CheckFailed) as damaged:
-        sets.restore(env.settings(), manifest.set_id, yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, yes=True)
     assert str(damaged.value).startswith(
         f"backup set {manifest.set_id} is damaged, nothing restored: postgres file postgres.dump"
     )
@@ -285,7 +285,7 @@ def test_a_corrupt_file_fails_verify_and_restore_restores_nothing(
 
 
 def test_a_newer_manifest_format_is_refused_plainly(pg_only: Env) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     path = pg_only.backups / manifest.set_id / MANIFEST_NAME
     data = json.loads(path.read_text())
     data["format_version"] = FORMAT_VERSION + 1
@@ -295,7 +295,7 @@ def test_a_newer_manifest_format_is_refused_plainly(pg_only: Env) -> None:
         f" ({FORMAT_VERSION}): upgrade releasegate"
     )
 
-    for call in (sets.verify, sets.restore):
+    for call in (sets.verify, set_restore.restore):
         with pytest.raises(ConfigError) as refused:
             call(pg_only.settings(), manifest.set_id)
         assert str(refused.value) == expected
@@ -309,11 +309,11 @@ def test_a_newer_manifest_format_is_refused_plainly(pg_only: Env) -> None:
 
 
 def test_a_set_of_another_service_is_refused(pg_only: Env) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     path = pg_only.backups / manifest.set_id / MANIFEST_NAME
     path.write_text(path.read_text().replace(pg_only.project.service, "someone-else"))
     with pytest.raises(ConfigError, match="belongs to service 'someone-else'"):
-        sets.restore(pg_only.settings(), manifest.set_id)
+        set_restore.restore(pg_only.settings(), manifest.set_id)
 
 
 # -- list and prune -----------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_a_set_of_another_service_is_refused(pg_only: Env) -> None:
 
 def test_list_resolve_and_prune(pg_only: Env) -> None:
     settings = pg_only.settings()
-    created = [sets.create(settings).set_id for _ in range(3)]
+    created = [set_create.create(settings).set_id for _ in range(3)]
     leftover = pg_only.backups / ".20200101T000000.000Z.partial"
     leftover.mkdir()
     (pg_only.backups / "notes.txt").write_text("not a set")
@@ -395,8 +395,8 @@ def test_too_little_disk_fails_cleanly(
         RELEASEGATE_BACKUP__DIR=str(small_disk),
         RELEASEGATE_BACKUP__FREE_SPACE_FACTOR=factor,
     )
-    with pytest.raises(sets.NotEnoughSpace) as full:
-        sets.create(settings)
+    with pytest.raises(set_create.NotEnoughSpace) as full:
+        set_create.create(settings)
 
     message = str(full.value)
     assert message.startswith(f"not enough disk space in {small_disk} for the backup (needed ~")

@@ -24,7 +24,8 @@ from releasegate.cli import main
 from releasegate.config import SloSection, load_config
 from releasegate.errors import ConfigError
 from releasegate.gates.locust_runner import LocustPlan, run_locust, worker_command
-from releasegate.gates.slo import Verdict, run_gate, run_slo_gate
+from releasegate.gates.slo import run_gate, run_slo_gate
+from releasegate.gates.slo_verdicts import Verdict
 
 
 class LoadServer(ThreadingHTTPServer):

@@ -18,9 +18,11 @@ import pytest
 from qdrant_client import models
 
 from releasegate.backup import qdrant as qbackup
+from releasegate.backup import qdrant_entry, qdrant_points_file
 from releasegate.backup.base import StoreBackup
 from releasegate.config import Settings, load_config
 from releasegate.errors import CheckFailed, ExitCode, InfraError, StateError
+from releasegate.stores import qdrant_points
 from releasegate.stores.qdrant import (
     CollectionSpec,
     PointData,
@@ -173,7 +175,7 @@ def test_embedded_backup_is_a_scroll_export_with_config_in_extra(
     _, _, set_dir, entry = backed_up
 
     assert entry.store == "qdrant"
-    assert entry.method == qbackup.METHOD_SCROLL
+    assert entry.method == qdrant_entry.METHOD_SCROLL
     assert sorted(f.name for f in entry.files) == [
         "qdrant/docs__v1.jsonl.gz",
         "qdrant/plain.jsonl.gz",
@@ -183,7 +185,7 @@ def test_embedded_backup_is_a_scroll_export_with_config_in_extra(
     assert entry.counts["collections"]["docs__v1"]["points"] == DOCS_POINTS
     assert entry.extra["aliases"] == {"docs": "docs__v1"}
     assert CollectionSpec.from_dict(entry.extra["collections"]["docs__v1"]) == DOCS_SPEC
-    assert entry.extra["format_version"] == qbackup.FORMAT_VERSION
+    assert entry.extra["format_version"] == qdrant_points_file.FORMAT_VERSION
     # No migrations folder in this project: no version to record, and no failure either.
     assert entry.versions == {}
     # The entry survives the manifest's JSON.
@@ -230,7 +232,7 @@ def test_restore_round_trip_into_an_empty_qdrant(
         assert restored.keys() == original.keys()
         spec = store.spec(collection)
         for point_id, point in original.items():
-            assert qbackup.compare_points(point, restored[point_id], spec) is None
+            assert qdrant_points.compare_points(point, restored[point_id], spec) is None
 
 
 def test_restore_refuses_a_non_empty_target_unless_forced(
@@ -321,7 +323,7 @@ def test_verify_reports_a_count_that_does_not_match(
     assert [(d.item, d.expected, d.actual) for d in found] == [
         ("points plain", PLAIN_POINTS + 1, PLAIN_POINTS)
     ]
-    assert not any(qbackup.is_scratch(c) for c in store.collections())
+    assert not any(qdrant_entry.is_scratch(c) for c in store.collections())
 
 
 def test_verify_reports_a_damaged_file_and_checks_the_others(
@@ -343,11 +345,11 @@ def test_verify_allows_for_cosine_normalisation(
     rewritten, with a fresh checksum) restores to unit vectors, which must still match."""
     settings, store, set_dir, entry = backed_up
     path = set_dir / "qdrant" / "docs__v1.jsonl.gz"
-    points = [p for batch in qbackup.iter_points_file(path) for p in batch]
+    points = [p for batch in qdrant_points_file.iter_points_file(path) for p in batch]
     for p in points:
         assert isinstance(p.vector, dict)
         p.vector["text"] = [x * 3 for x in p.vector["text"]]
-    qbackup.write_points_file(path, "docs__v1", [points])
+    qdrant_points_file.write_points_file(path, "docs__v1", [points])
     entry.files = [
         f if f.name != "qdrant/docs__v1.jsonl.gz" else type(f).of(set_dir, path)
         for f in entry.files
@@ -388,7 +390,7 @@ def test_verify_reports_a_restore_that_qdrant_refuses(
 
     assert [d.item for d in found] == ["restore of plain"]
     assert "writing points" in str(found[0].actual)
-    assert not any(qbackup.is_scratch(c) for c in store.collections())
+    assert not any(qdrant_entry.is_scratch(c) for c in store.collections())
 
 
 def test_a_missing_collection_is_a_state_error(source: tuple[Settings, QdrantStore]) -> None:
@@ -475,7 +477,7 @@ def test_server_snapshot_backup_verify_and_restore(
 
     entry = qbackup.backup(settings, tmp_path / "set", store=store)
 
-    assert entry.method == qbackup.METHOD_SNAPSHOT
+    assert entry.method == qdrant_entry.METHOD_SNAPSHOT
     assert all(f.name.endswith(".snapshot") and f.size > 0 for f in entry.files)
     assert entry.counts["collections"][f"{docs}__v1"]["points"] == DOCS_POINTS
     # The remote snapshots were deleted after the download.

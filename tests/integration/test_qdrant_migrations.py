@@ -169,7 +169,7 @@ def test_up_moves_the_alias_to_v2_and_down_moves_it_back(
         new = v2[point_id]
         assert new.payload == {**old.payload, "lang": "en"}
         expected = PointData(point_id, embed(old.payload["title"], 128), new.payload)
-        from releasegate.backup.qdrant import compare_points
+        from releasegate.stores.qdrant_points import compare_points
 
         assert compare_points(expected, new, spec) is None
     assert snapshot(store, "documents__v1") == v1_before  # only ever read

@@ -15,6 +15,13 @@ import pytest
 import redis
 
 from releasegate.backup import redis as rb
+from releasegate.backup import (
+    redis_counts,
+    redis_export,
+    redis_format,
+    redis_restore,
+    redis_scratch,
+)
 from releasegate.backup.base import StoreBackup
 from releasegate.config import Settings, load_config
 from releasegate.errors import CheckFailed, StateError
@@ -148,7 +155,7 @@ def test_overlapping_patterns_export_each_key_once(
     assert {p: c["keys"] for p, c in counts["patterns"].items()} == {
         "sess:*": 20, "s*": 20, "cache:1?": 10,
     }  # fmt: skip
-    meta, n = rb.check_file(tmp_path / "set" / "redis.rgdump")
+    meta, n = redis_format.check_file(tmp_path / "set" / "redis.rgdump")
     assert n == 30 and meta["patterns"] == ["sess:*", "s*", "cache:1?"]
 
 
@@ -175,8 +182,8 @@ def test_verify_restores_into_a_scratch_db_and_cleans_it(
     entry = rb.backup(settings, tmp_path / "set")
     time.sleep(0.3)
 
-    used: list[rb.ScratchTarget] = []
-    real = rb.scratch_target
+    used: list[redis_scratch.ScratchTarget] = []
+    real = redis_scratch.scratch_target
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         context = real(*args, **kwargs)
@@ -184,7 +191,7 @@ def test_verify_restores_into_a_scratch_db_and_cleans_it(
         used.append(target)
 
         class Wrapped:
-            def __enter__(self) -> rb.ScratchTarget:
+            def __enter__(self) -> redis_scratch.ScratchTarget:
                 return target
 
             def __exit__(self, *exc: Any) -> Any:
@@ -238,11 +245,11 @@ def test_restore_under_a_prefix_counts_as_the_original(
     """The fallback of verify when only DB 0 exists: a copy under a key prefix."""
     fill(client)
     path = tmp_path / "dump.rgdump"
-    exported = rb.export_keys(client, path, ["str:*", "*:1"], batch_size=5)
+    exported = redis_export.export_keys(client, path, ["str:*", "*:1"], batch_size=5)
     prefix = b"releasegate:verify:t0:"
-    result = rb.restore_file(client, path, key_prefix=prefix, ttl_floor_ms=60_000)
+    result = redis_restore.restore_file(client, path, key_prefix=prefix, ttl_floor_ms=60_000)
     assert result.restored == exported.keys == 35
-    copy = rb.count_keys(client, ["str:*", "*:1"], key_prefix=prefix)
+    copy = redis_counts.count_keys(client, ["str:*", "*:1"], key_prefix=prefix)
     assert copy == exported.counts
     assert client.get(prefix + b"str:5") == b"value 5"
 
@@ -253,8 +260,8 @@ def test_the_exporter_streams_in_bounded_batches(
     """A byte budget smaller than one key still exports every key, one per call."""
     for i in range(5):
         client.set(f"k:{i}", b"y" * 10_000)
-    result = rb.export_keys(client, tmp_path / "d.rgdump", ["*"], batch_bytes=1)
-    assert result.keys == 5 and rb.check_file(tmp_path / "d.rgdump")[1] == 5
+    result = redis_export.export_keys(client, tmp_path / "d.rgdump", ["*"], batch_bytes=1)
+    assert result.keys == 5 and redis_format.check_file(tmp_path / "d.rgdump")[1] == 5
 
 
 def test_a_payload_this_server_cannot_read_fails_before_any_write(
@@ -266,11 +273,11 @@ def test_a_payload_this_server_cannot_read_fails_before_any_write(
     assert payload is not None
     newer = payload[:-10] + b"\x63\x00" + payload[-8:]  # RDB version 99, same CRC bytes
     path = tmp_path / "newer.rgdump"
-    writer = rb.DumpWriter(path, {"patterns": ["*"]})
+    writer = redis_format.DumpWriter(path, {"patterns": ["*"]})
     writer.add(b"first", 0, 0, newer)
     writer.add(b"second", 0, 0, payload)
     writer.close()
     client.flushdb()
     with pytest.raises(CheckFailed, match=r"cannot restore newer\.rgdump.*newer Redis version"):
-        rb.restore_file(client, path)
+        redis_restore.restore_file(client, path)
     assert client.dbsize() == 0

@@ -30,7 +30,8 @@ from releasegate.errors import (
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import release_lock
 from releasegate.migrations import redis as rmig
-from releasegate.migrations.redis.helpers import Checkpoint, Helpers, checkpoint_key
+from releasegate.migrations.redis.checkpoint import Checkpoint, checkpoint_key
+from releasegate.migrations.redis.helpers import Helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT / "examples" / "app") not in sys.path:

@@ -25,13 +25,15 @@ from qdrant_client.models import PointStruct
 from test_backup_sets import Env, configure, releases, seed
 
 from releasegate.backup import redis as redis_backup
-from releasegate.backup import sets
+from releasegate.backup import set_create, set_restore, sets
 from releasegate.backup.base import sha256_file
 from releasegate.backup.loss import BY_CONTENT, BY_COUNTS, LossReport
 from releasegate.backup.manifest import MANIFEST_NAME, Manifest
-from releasegate.backup.redis import STAGING_PREFIX, DumpReader, DumpWriter, check_file
+from releasegate.backup.redis import STAGING_PREFIX
+from releasegate.backup.redis_format import DumpReader, DumpWriter, check_file
 from releasegate.errors import CheckFailed, ConfigError, ExitCode, StateError
-from releasegate.router.manager import router_down, router_up, wait_healthy
+from releasegate.router.manager import router_down, router_up
+from releasegate.router.state import wait_healthy
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
@@ -153,7 +155,7 @@ def all_stores(project: Project, redis_url: str, qdrant_path: Path) -> Env:
     ],
 )
 def test_a_file_name_outside_the_set_is_damage(pg_only: Env, name: str) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     outside = Path("/etc/hostname")
     size = outside.stat().st_size
@@ -165,7 +167,7 @@ def test_a_file_name_outside_the_set_is_damage(pg_only: Env, name: str) -> None:
 
     edit_manifest(set_dir, change)
     before = database_state(pg_only.url)
-    for call in (sets.verify, lambda s, ref: sets.restore(s, ref, yes=True)):
+    for call in (sets.verify, lambda s, ref: set_restore.restore(s, ref, yes=True)):
         with pytest.raises(CheckFailed) as damaged:
             call(pg_only.settings(), manifest.set_id)
         message = str(damaged.value)
@@ -175,7 +177,7 @@ def test_a_file_name_outside_the_set_is_damage(pg_only: Env, name: str) -> None:
 
 
 def test_a_link_out_of_the_set_is_refused_without_reading_it(pg_only: Env, tmp_path: Path) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     # The same dump, with the same checksum, but outside the set behind a link.
     elsewhere = tmp_path / "elsewhere.dump"
@@ -188,12 +190,12 @@ def test_a_link_out_of_the_set_is_refused_without_reading_it(pg_only: Env, tmp_p
         ("file postgres.dump", "a link out of the folder")
     ]
     with pytest.raises(CheckFailed, match="is damaged, nothing restored: postgres file"):
-        sets.restore(pg_only.settings(), manifest.set_id, yes=True)
+        set_restore.restore(pg_only.settings(), manifest.set_id, yes=True)
 
 
 def test_a_store_without_its_file_entry_is_refused_and_nothing_is_touched(pg_only: Env) -> None:
     """The probe: ``"files": []`` and a truncated dump; the database was wiped before."""
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     dump = set_dir / "postgres.dump"
     dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
@@ -203,7 +205,7 @@ def test_a_store_without_its_file_entry_is_refused_and_nothing_is_touched(pg_onl
     verified = sets.verify(pg_only.settings(), manifest.set_id)
     assert [(d.item, d.actual) for d in verified.damaged] == [("file postgres.dump", "not listed")]
     with pytest.raises(CheckFailed) as refused:
-        sets.restore(pg_only.settings(), manifest.set_id, yes=True)
+        set_restore.restore(pg_only.settings(), manifest.set_id, yes=True)
     assert "is damaged, nothing restored: postgres file postgres.dump" in str(refused.value)
     assert database_state(pg_only.url) == before
 
@@ -214,7 +216,7 @@ def test_a_redis_file_outside_the_set_is_not_restored(
     configure(project, redis_on=True, qdrant=None)
     env = Env(project, redis_url)
     seed(env, users=20)
-    manifest = sets.create(env.settings(), stores=["postgres", "redis"])
+    manifest = set_create.create(env.settings(), stores=["postgres", "redis"])
     set_dir = env.backups / manifest.set_id
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -228,7 +230,7 @@ def test_a_redis_file_outside_the_set_is_not_restored(
     client.close()
 
     with pytest.raises(CheckFailed, match=r"is damaged: redis\.files"):
-        sets.restore(env.settings(), manifest.set_id, stores=["redis"], yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, stores=["redis"], yes=True)
     assert redis_dump(redis_url) == {}
 
 
@@ -255,10 +257,10 @@ def _stores_abc(data: dict[str, Any]) -> None:
 def test_a_manifest_of_odd_shape_is_damaged_not_an_internal_error(
     pg_only: Env, change: Callable[[dict[str, Any]], None], why: str
 ) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     edit_manifest(set_dir, change)
-    for call in (sets.verify, lambda s, ref: sets.restore(s, ref, yes=True)):
+    for call in (sets.verify, lambda s, ref: set_restore.restore(s, ref, yes=True)):
         with pytest.raises(CheckFailed) as damaged:
             call(pg_only.settings(), manifest.set_id)
         assert str(damaged.value).startswith(
@@ -272,7 +274,7 @@ def test_a_manifest_of_odd_shape_is_damaged_not_an_internal_error(
 
 
 def test_the_loss_report_names_what_would_be_lost_and_nothing_changes(pg_only: Env) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     late = add_users(pg_only.url, 3)
     with psycopg.connect(pg_only.url, autocommit=True) as conn:
         conn.execute("UPDATE users SET display_name = 'renamed' WHERE id = 1")
@@ -280,7 +282,7 @@ def test_the_loss_report_names_what_would_be_lost_and_nothing_changes(pg_only: E
     reports: list[LossReport] = []
 
     with pytest.raises(ConfigError) as refused:
-        sets.restore(pg_only.settings(), manifest.set_id, on_report=reports.append)
+        set_restore.restore(pg_only.settings(), manifest.set_id, on_report=reports.append)
     assert refused.value.exit_code == ExitCode.USAGE
     assert "nothing changed" in str(refused.value) and "--yes" in str(refused.value)
     assert database_state(pg_only.url) == before
@@ -301,7 +303,7 @@ def test_the_loss_report_names_what_would_be_lost_and_nothing_changes(pg_only: E
 
 
 def test_an_old_set_without_fingerprints_reports_by_counts(pg_only: Env) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     edit_manifest(
         set_dir,
@@ -312,7 +314,7 @@ def test_an_old_set_without_fingerprints_reports_by_counts(pg_only: Env) -> None
     add_users(pg_only.url, 5)
     reports: list[LossReport] = []
     with pytest.raises(ConfigError):
-        sets.restore(pg_only.settings(), manifest.set_id, on_report=reports.append)
+        set_restore.restore(pg_only.settings(), manifest.set_id, on_report=reports.append)
     loss = reports[0].stores["postgres"]
     assert loss.method == BY_COUNTS and loss.note and "fingerprints" in loss.note
     users = next(s for s in loss.scopes if s.scope == "public.users")
@@ -368,16 +370,16 @@ def live_blue(pg_only: Env) -> Iterator[Env]:
 
 def test_a_live_color_needs_while_live(live_blue: Env) -> None:
     env = live_blue
-    manifest = sets.create(env.settings())
+    manifest = set_create.create(env.settings())
     add_users(env.url, 2)
     before = database_state(env.url)
     reports: list[LossReport] = []
 
     with pytest.raises(ConfigError) as unconfirmed:
-        sets.restore(env.settings(), manifest.set_id, on_report=reports.append)
+        set_restore.restore(env.settings(), manifest.set_id, on_report=reports.append)
     assert "add --while-live too" in str(unconfirmed.value)
     with pytest.raises(ConfigError) as live:
-        sets.restore(env.settings(), manifest.set_id, yes=True, on_report=reports.append)
+        set_restore.restore(env.settings(), manifest.set_id, yes=True, on_report=reports.append)
     message = str(live.value)
     assert message.startswith("blue serves traffic:") and "--while-live" in message
     assert "nothing changed" in message and "\n" not in message
@@ -386,7 +388,7 @@ def test_a_live_color_needs_while_live(live_blue: Env) -> None:
     assert [r.live_color for r in reports] == ["blue", "blue"]
     assert "blue serves traffic" in reports[0].lines()[-1]
 
-    result = sets.restore(env.settings(), manifest.set_id, yes=True, while_live=True)
+    result = set_restore.restore(env.settings(), manifest.set_id, yes=True, while_live=True)
     assert result.while_live and result.loss.live_color == "blue"
     assert database_state(env.url)["users"] != before["users"]
 
@@ -397,7 +399,7 @@ def test_a_live_color_needs_while_live(live_blue: Env) -> None:
 def test_a_truncated_dump_that_passes_its_checksum_leaves_postgres_as_it_was(
     pg_only: Env,
 ) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     set_dir = pg_only.backups / manifest.set_id
     dump = set_dir / "postgres.dump"
     dump.write_bytes(dump.read_bytes()[: dump.stat().st_size * 2 // 3])
@@ -406,7 +408,7 @@ def test_a_truncated_dump_that_passes_its_checksum_leaves_postgres_as_it_was(
     before = database_state(pg_only.url)
 
     with pytest.raises(CheckFailed) as failed:
-        sets.restore(pg_only.settings(), manifest.set_id, yes=True)
+        set_restore.restore(pg_only.settings(), manifest.set_id, yes=True)
     message = str(failed.value)
     assert message.startswith("pg_restore failed on")
     assert message.endswith("the database is unchanged; no store was changed")
@@ -418,13 +420,13 @@ def test_a_truncated_dump_that_passes_its_checksum_leaves_postgres_as_it_was(
 def test_a_lock_held_by_another_session_fails_the_restore_and_changes_nothing(
     pg_only: Env,
 ) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     add_users(pg_only.url, 2)
     before = database_state(pg_only.url)
     with psycopg.connect(pg_only.url) as holder:
         holder.execute("SELECT count(*) FROM document_chunks")  # holds ACCESS SHARE
         with pytest.raises(StateError) as busy:
-            sets.restore(pg_only.settings(), manifest.set_id, yes=True)
+            set_restore.restore(pg_only.settings(), manifest.set_id, yes=True)
         holder.rollback()
     assert "in use (lock timeout)" in str(busy.value)
     assert str(busy.value).endswith("the database is unchanged; no store was changed")
@@ -432,9 +434,9 @@ def test_a_lock_held_by_another_session_fails_the_restore_and_changes_nothing(
 
 
 def test_sequences_are_never_rewound_below_ids_handed_out(pg_only: Env) -> None:
-    manifest = sets.create(pg_only.settings())
+    manifest = set_create.create(pg_only.settings())
     late = add_users(pg_only.url, 5)  # ids 41..45 handed out after the backup
-    result = sets.restore(pg_only.settings(), manifest.set_id, yes=True)
+    result = set_restore.restore(pg_only.settings(), manifest.set_id, yes=True)
     assert result.stores["postgres"]["sequences_kept"]["public.users_id_seq"] == max(late)
     with psycopg.connect(pg_only.url) as conn:
         assert conn.execute("SELECT max(id) FROM users").fetchone() == (40,)
@@ -444,7 +446,7 @@ def test_sequences_are_never_rewound_below_ids_handed_out(pg_only: Env) -> None:
 def test_a_redis_key_that_fails_to_restore_leaves_redis_as_it_was(all_stores: Env) -> None:
     env = all_stores
     assert env.redis_url
-    manifest = sets.create(env.settings(), stores=["postgres", "redis"])
+    manifest = set_create.create(env.settings(), stores=["postgres", "redis"])
     set_dir = env.backups / manifest.set_id
     path = set_dir / "redis.rgdump"
     meta, _n = check_file(path)
@@ -466,7 +468,7 @@ def test_a_redis_key_that_fails_to_restore_leaves_redis_as_it_was(all_stores: En
 
     # The loss report reads every payload first: the set is refused before anything.
     with pytest.raises(CheckFailed, match="cannot read a payload of the backup"):
-        sets.restore(env.settings(), manifest.set_id, stores=["redis"], yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, stores=["redis"], yes=True)
     assert redis_dump(env.redis_url) == before
     # The store's own restore fails half way through staging: the live keys are untouched.
     entry = Manifest.read(set_dir).store("redis")
@@ -481,7 +483,7 @@ def test_a_redis_key_that_fails_to_restore_leaves_redis_as_it_was(all_stores: En
 def test_a_qdrant_load_that_fails_midway_puts_the_collections_back(all_stores: Env) -> None:
     env = all_stores
     assert env.qdrant_path
-    manifest = sets.create(env.settings(), stores=["postgres", "qdrant"])
+    manifest = set_create.create(env.settings(), stores=["postgres", "qdrant"])
     set_dir = env.backups / manifest.set_id
     [points_file] = [
         f["name"]
@@ -496,7 +498,7 @@ def test_a_qdrant_load_that_fails_midway_puts_the_collections_back(all_stores: E
     before = qdrant_state(env.qdrant_path)
 
     with pytest.raises(StateError, match="Vector dimension error") as failed:
-        sets.restore(env.settings(), manifest.set_id, stores=["qdrant"], yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, stores=["qdrant"], yes=True)
     assert "the previous collections were put back" in str(failed.value)
     assert qdrant_state(env.qdrant_path) == before
 
@@ -505,7 +507,7 @@ def test_a_failure_in_one_store_leaves_every_store_as_it_was(all_stores: Env) ->
     """Qdrant fails while Redis and Postgres are staged: nothing anywhere changes."""
     env = all_stores
     assert env.redis_url and env.qdrant_path
-    manifest = sets.create(env.settings())
+    manifest = set_create.create(env.settings())
     set_dir = env.backups / manifest.set_id
     data = json.loads((set_dir / MANIFEST_NAME).read_text())
     [points_file] = [f["name"] for f in entry_of(data, "qdrant")["files"]]
@@ -518,7 +520,7 @@ def test_a_failure_in_one_store_leaves_every_store_as_it_was(all_stores: Env) ->
     before = (database_state(env.url), redis_dump(env.redis_url), qdrant_state(env.qdrant_path))
 
     with pytest.raises(StateError) as failed:
-        sets.restore(env.settings(), manifest.set_id, yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, yes=True)
     assert str(failed.value).endswith("previous collections were put back; no store was changed")
     after = (database_state(env.url), redis_dump(env.redis_url), qdrant_state(env.qdrant_path))
     assert after == before
@@ -528,7 +530,7 @@ def test_committed_stores_are_put_back_when_a_later_one_fails(all_stores: Env) -
     """The undo after a commit: Redis and Qdrant committed, then Postgres fails."""
     env = all_stores
     assert env.redis_url and env.qdrant_path
-    manifest = sets.create(env.settings(), stores=["postgres", "redis", "qdrant"])
+    manifest = set_create.create(env.settings(), stores=["postgres", "redis", "qdrant"])
     set_dir = env.backups / manifest.set_id
     client = redis.Redis.from_url(env.redis_url)
     client.set("written-after-the-backup", "1")
@@ -549,7 +551,7 @@ def test_committed_stores_are_put_back_when_a_later_one_fails(all_stores: Env) -
         staged[store].commit()
     assert redis_dump(env.redis_url) != before[0]  # committed: the set's keys are live
 
-    failure = sets.unwind(staged, ["qdrant", "redis"], CheckFailed("postgres failed"))
+    failure = set_restore.unwind(staged, ["qdrant", "redis"], CheckFailed("postgres failed"))
     assert str(failure) == "postgres failed; no store was changed"
     assert (redis_dump(env.redis_url), qdrant_state(env.qdrant_path)) == before
 
@@ -557,7 +559,7 @@ def test_committed_stores_are_put_back_when_a_later_one_fails(all_stores: Env) -
 def test_the_loss_report_covers_keyspaces_and_collections(all_stores: Env) -> None:
     env = all_stores
     assert env.redis_url and env.qdrant_path
-    manifest = sets.create(env.settings())
+    manifest = set_create.create(env.settings())
     client = redis.Redis.from_url(env.redis_url)
     for n in range(3):
         client.set(f"written-after-the-backup:{n}", n)
@@ -574,7 +576,7 @@ def test_the_loss_report_covers_keyspaces_and_collections(all_stores: Env) -> No
     reports: list[LossReport] = []
 
     with pytest.raises(ConfigError):
-        sets.restore(env.settings(), manifest.set_id, on_report=reports.append)
+        set_restore.restore(env.settings(), manifest.set_id, on_report=reports.append)
     assert (redis_dump(env.redis_url), qdrant_state(env.qdrant_path)) == before
     [report] = reports
     keys, points = report.stores["redis"], report.stores["qdrant"]
@@ -593,15 +595,15 @@ def test_a_directory_dump_restores_only_listed_files(project: Project) -> None:
     configure(project, redis_on=False, qdrant=None, backup='postgres_format = "directory"\n')
     env = Env(project)
     seed(env, users=30)
-    manifest = sets.create(env.settings())
+    manifest = set_create.create(env.settings())
     set_dir = env.backups / manifest.set_id
     late = add_users(env.url, 2)
 
-    result = sets.restore(env.settings(), manifest.set_id, yes=True)
+    result = set_restore.restore(env.settings(), manifest.set_id, yes=True)
     assert result.stores["postgres"]["tables"]["public.users"] == 30
     assert result.stores["postgres"]["sequences_kept"]["public.users_id_seq"] == max(late)
 
     # A file nobody checksummed, slipped into the dump folder, is refused.
     (set_dir / "postgres" / "9999.dat.gz").write_bytes(b"not from the backup")
     with pytest.raises(CheckFailed, match=r"postgres/9999\.dat\.gz is in the dump folder"):
-        sets.restore(env.settings(), manifest.set_id, yes=True)
+        set_restore.restore(env.settings(), manifest.set_id, yes=True)

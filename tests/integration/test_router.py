@@ -28,17 +28,10 @@ from conftest import free_port
 from releasegate.config import Settings, load_config
 from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
 from releasegate.router.config import COLOR_HEADER
-from releasegate.router.manager import (
-    promote,
-    rollback,
-    router_down,
-    router_status,
-    router_up,
-    set_weight,
-    wait_drained,
-    wait_healthy,
-)
+from releasegate.router.manager import router_down, router_up
 from releasegate.router.runtime import RuntimeClient
+from releasegate.router.state import router_status, wait_drained, wait_healthy
+from releasegate.router.switching import promote, rollback, set_weight
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")

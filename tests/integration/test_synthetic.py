@@ -28,7 +28,8 @@ from conftest import REPO_ROOT, Project
 from releasegate import __version__
 from releasegate.config import SloSection
 from releasegate.errors import ConfigError
-from releasegate.gates.slo import Verdict, run_slo_gate
+from releasegate.gates.slo import run_slo_gate
+from releasegate.gates.slo_verdicts import Verdict
 from releasegate.gates.smoke import parse_smoke, run_smoke
 from releasegate.hooks import run_hook
 

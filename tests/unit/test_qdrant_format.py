@@ -16,20 +16,22 @@ from pathlib import Path
 import pytest
 from qdrant_client import models
 
-from releasegate.backup.qdrant import (
+from releasegate.backup.qdrant_points_file import (
     FORMAT,
     FORMAT_VERSION,
     PointsWriter,
-    Reservoir,
-    compare_points,
-    decode_point,
-    encode_point,
     iter_points_file,
     read_points_header,
     write_points_file,
 )
 from releasegate.errors import CheckFailed
 from releasegate.stores.qdrant import CollectionSpec, PointData
+from releasegate.stores.qdrant_points import (
+    Reservoir,
+    compare_points,
+    decode_point,
+    encode_point,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

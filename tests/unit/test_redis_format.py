@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from releasegate.backup import redis as rb
+from releasegate.backup import redis_counts, redis_format
 from releasegate.errors import CheckFailed, ConfigError
 from releasegate.stores import redis as stores
 
@@ -22,7 +22,7 @@ RECORDS = [
 
 
 def write(path: Path, records: list[tuple[bytes, int, int, bytes]], *, compress: bool) -> None:
-    writer = rb.DumpWriter(path, {"patterns": ["*"], "note": "test"}, compress=compress)
+    writer = redis_format.DumpWriter(path, {"patterns": ["*"], "note": "test"}, compress=compress)
     for key, type_code, expire_at, payload in records:
         writer.add(key, type_code, expire_at, payload)
     writer.close()
@@ -33,11 +33,11 @@ def test_round_trip(tmp_path: Path, compress: bool) -> None:
     path = tmp_path / "d.rgdump"
     write(path, RECORDS, compress=compress)
     assert path.read_bytes()[:8] == b"RGREDIS\n"
-    reader = rb.DumpReader(path)
+    reader = redis_format.DumpReader(path)
     assert reader.meta == {"patterns": ["*"], "note": "test"}
     got = [(r.key, r.type_code, r.expire_at_ms, r.payload) for r in reader.records()]
     assert got == RECORDS
-    meta, n = rb.check_file(path)
+    meta, n = redis_format.check_file(path)
     assert n == 4 and meta["note"] == "test"
 
 
@@ -48,14 +48,14 @@ def test_many_records_cross_buffer_boundaries(tmp_path: Path) -> None:
     ]
     path = tmp_path / "d.rgdump"
     write(path, records, compress=True)
-    assert [r.payload for r in rb.DumpReader(path).records()] == [r[3] for r in records]
+    assert [r.payload for r in redis_format.DumpReader(path).records()] == [r[3] for r in records]
     assert path.stat().st_size < sum(len(r[3]) for r in records) + 3000 * 40
 
 
 def test_empty_file_is_valid(tmp_path: Path) -> None:
     path = tmp_path / "d.rgdump"
     write(path, [], compress=True)
-    assert rb.check_file(path)[1] == 0
+    assert redis_format.check_file(path)[1] == 0
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -67,7 +67,7 @@ def test_every_truncation_is_detected(tmp_path: Path, compress: bool) -> None:
     for size in range(len(data)):
         cut.write_bytes(data[:size])
         with pytest.raises(CheckFailed, match=r"cut\.rgdump"):
-            rb.check_file(cut)
+            redis_format.check_file(cut)
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -88,7 +88,7 @@ def test_flipped_bits_never_give_wrong_data(tmp_path: Path, compress: bool) -> N
         try:
             records = [
                 (r.key, r.type_code, r.expire_at_ms, r.payload)
-                for r in rb.DumpReader(bad).records()
+                for r in redis_format.DumpReader(bad).records()
             ]
         except CheckFailed:
             detected += 1
@@ -102,14 +102,14 @@ def test_trailing_garbage_and_foreign_files(tmp_path: Path) -> None:
     write(path, RECORDS[:1], compress=False)
     path.write_bytes(path.read_bytes() + b"\x00")
     with pytest.raises(CheckFailed, match="after the trailer"):
-        rb.check_file(path)
+        redis_format.check_file(path)
     write(path, RECORDS[:1], compress=True)
     path.write_bytes(path.read_bytes() + b"junk")
     with pytest.raises(CheckFailed, match="after the end of the compressed stream"):
-        rb.check_file(path)
+        redis_format.check_file(path)
     path.write_bytes(b"REDIS0011" + b"\x00" * 40)
     with pytest.raises(CheckFailed, match="bad magic"):
-        rb.check_file(path)
+        redis_format.check_file(path)
 
 
 def test_a_newer_format_version_is_refused(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_a_newer_format_version_is_refused(tmp_path: Path) -> None:
     data[8:10] = struct.pack(">H", 2)
     path.write_bytes(bytes(data))
     with pytest.raises(CheckFailed, match="format version 2; this releasegate reads version 1"):
-        rb.check_file(path)
+        redis_format.check_file(path)
 
 
 def test_trailer_count_must_match(tmp_path: Path) -> None:
@@ -131,13 +131,13 @@ def test_trailer_count_must_match(tmp_path: Path) -> None:
     crc = zlib.crc32(body) & 0xFFFFFFFF
     path.write_bytes(body + struct.pack(">QI", 5, crc))
     with pytest.raises(CheckFailed, match="trailer says 5 keys, found 1"):
-        rb.check_file(path)
+        redis_format.check_file(path)
 
 
 def test_file_counts_offline(tmp_path: Path) -> None:
     path = tmp_path / "d.rgdump"
     write(path, RECORDS, compress=True)
-    counts = rb.file_counts(path, ["sess:*", "bin:*"])
+    counts = redis_counts.file_counts(path, ["sess:*", "bin:*"])
     assert counts["keys"] == 4 and counts["with_ttl"] == 2
     assert counts["types"] == {"hash": 1, "other": 1, "stream": 1, "string": 1}
     assert counts["patterns"]["sess:*"] == {"keys": 1, "with_ttl": 0, "types": {"string": 1}}
@@ -150,12 +150,12 @@ def test_file_counts_offline(tmp_path: Path) -> None:
 def test_compare_and_add_counts() -> None:
     a = {"keys": 3, "with_ttl": 1, "types": {"string": 3}, "patterns": {"*": {"keys": 3}}}
     b = {"keys": 1, "with_ttl": 1, "types": {"string": 1}, "patterns": {"*": {"keys": 1}}}
-    total = rb.add_counts(a, b)
+    total = redis_counts.add_counts(a, b)
     assert total["keys"] == 4 and total["types"] == {"string": 4}
     assert total["patterns"]["*"]["keys"] == 4
-    assert rb.add_counts(total, b, sign=-1)["keys"] == 3
-    assert rb.compare_counts(a, a) == []
-    diffs = {d.item: (d.expected, d.actual) for d in rb.compare_counts(a, total)}
+    assert redis_counts.add_counts(total, b, sign=-1)["keys"] == 3
+    assert redis_counts.compare_counts(a, a) == []
+    diffs = {d.item: (d.expected, d.actual) for d in redis_counts.compare_counts(a, total)}
     assert diffs == {
         "keys": (3, 4),
         "keys (string)": (3, 4),

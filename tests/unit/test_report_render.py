@@ -16,15 +16,19 @@ from releasegate.backup.base import FileEntry, StoreBackup
 from releasegate.backup.manifest import Manifest
 from releasegate.gates.histogram import Histogram
 from releasegate.gates.locust_runner import EndpointStats, LocustPlan, LocustRun, WindowStats
-from releasegate.gates.slo import GateResult, evaluate
+from releasegate.gates.slo_result import GateResult
+from releasegate.gates.slo_verdicts import evaluate
 from releasegate.gates.smoke import CheckResult, SmokeReport
 from releasegate.gates.thresholds import parse_thresholds
 from releasegate.migrations.lint import FailOn, Finding, Severity
 from releasegate.migrations.phases import Phase
 from releasegate.migrations.plan import MigrationPlan, PlannedRevision, PlannedStatement
 from releasegate.report.files import report_stem, write_reports
-from releasegate.report.render import render_markdown, render_text, status_word
-from releasegate.router.manager import ColorState, RouterState, SwitchResult
+from releasegate.report.render import render_markdown
+from releasegate.report.text import render_text
+from releasegate.report.values import status_word
+from releasegate.router.state import ColorState, RouterState
+from releasegate.router.switching import SwitchResult
 from releasegate.secrets import register_secret
 
 MIB = 1024 * 1024

@@ -22,7 +22,6 @@ from releasegate.router.config import (
     render_config,
     router_config,
 )
-from releasegate.router.manager import ColorState, RouterState, switch_commands
 from releasegate.router.runtime import (
     admin_state,
     parse_info,
@@ -30,6 +29,8 @@ from releasegate.router.runtime import (
     parse_stat_csv,
     split_answers,
 )
+from releasegate.router.state import ColorState, RouterState
+from releasegate.router.switching import switch_commands
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from releasegate import secrets
-from releasegate.backup.postgres import libpq_target
+from releasegate.backup.postgres_tools import libpq_target
 from releasegate.db import split_password
 from releasegate.errors import ConfigError
 from releasegate.secrets import MASK, mask_url, redact, register_secret, register_url

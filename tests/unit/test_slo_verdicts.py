@@ -24,8 +24,8 @@ from releasegate.gates.locust_runner import (
     window_from_dict,
     window_from_history,
 )
-from releasegate.gates.slo import (
-    GateResult,
+from releasegate.gates.slo_result import GateResult
+from releasegate.gates.slo_verdicts import (
     Verdict,
     abort_reason,
     combine,

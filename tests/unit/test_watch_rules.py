@@ -9,7 +9,7 @@ import pytest
 
 from releasegate.config import ReleaseSection, SloSection, load_config
 from releasegate.errors import ConfigError
-from releasegate.gates.slo import RuleResult, Verdict
+from releasegate.gates.slo_verdicts import RuleResult, Verdict
 from releasegate.gates.thresholds import format_observed, parse_threshold
 from releasegate.pipeline.watch import scale_rate_rules, watch_slo
 

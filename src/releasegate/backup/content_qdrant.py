@@ -22,7 +22,9 @@ from typing import Any
 
 from releasegate.backup.base import StoreBackup
 from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, checked_file, short
-from releasegate.backup.qdrant import METHOD_SCROLL, coverage, iter_points_file
+from releasegate.backup.qdrant import coverage
+from releasegate.backup.qdrant_entry import METHOD_SCROLL
+from releasegate.backup.qdrant_points_file import iter_points_file
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed
 from releasegate.stores.qdrant import CollectionSpec, PointData, PointId, QdrantStore, using

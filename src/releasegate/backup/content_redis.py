@@ -1,6 +1,6 @@
 """The keys of a Redis backup set compared with the live keyspace, by value.
 
-The set's dump file (:class:`~releasegate.backup.redis.DumpReader`) is read in batches.
+The set's dump file (:class:`~releasegate.backup.redis_format.DumpReader`) is read in batches.
 For each batch one Lua call on the live Redis tells, per key: gone, or of another type,
 or whether its ``DUMP`` payload has the same SHA-1 as the one in the file (same bytes:
 unchanged). Payloads that differ may still hold the same value in another encoding (a
@@ -29,14 +29,9 @@ import redis
 
 from releasegate.backup.base import StoreBackup
 from releasegate.backup.content_diff import ContentDiff, IdSet, ScopeDiff, checked_file, short
-from releasegate.backup.redis import (
-    BATCH_BYTES,
-    DumpReader,
-    Record,
-    ScratchTarget,
-    dump_path,
-    scratch_target,
-)
+from releasegate.backup.redis import dump_path
+from releasegate.backup.redis_format import BATCH_BYTES, DumpReader, Record
+from releasegate.backup.redis_scratch import ScratchTarget, scratch_target
 from releasegate.config import RedisSection, Settings
 from releasegate.errors import CheckFailed, ConfigError
 from releasegate.stores import redis as stores

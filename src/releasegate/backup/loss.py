@@ -144,7 +144,7 @@ def traffic(settings: Settings) -> tuple[str | None, str]:
     reached) serves no color.
     """
     from releasegate.router.config import router_config
-    from releasegate.router.manager import router_status
+    from releasegate.router.state import router_status
 
     try:
         socket = router_config(settings).paths.socket

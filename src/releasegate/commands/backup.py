@@ -1,7 +1,8 @@
 """``releasegate backup``: create, verify, restore, list and prune restore points.
 
-A thin layer over :mod:`releasegate.backup.sets`. ``SET`` is a set id, the path of a set
-folder (or its ``manifest.json``), or ``latest``.
+A thin layer over :mod:`releasegate.backup.sets`, :mod:`releasegate.backup.set_create`
+and :mod:`releasegate.backup.set_restore`. ``SET`` is a set id, the path of a set folder
+(or its ``manifest.json``), or ``latest``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from releasegate.cli import CliState, pass_state
 if TYPE_CHECKING:
     from releasegate.backup.base import Difference, StoreBackup
     from releasegate.backup.loss import LossReport
-    from releasegate.backup.sets import Progress
+    from releasegate.backup.set_create import Progress
 
 STORE = click.Choice(["postgres", "redis", "qdrant"])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -90,7 +91,7 @@ def backup() -> None:
 @pass_state
 def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
     """Back up Postgres (and Redis, Qdrant when configured) into a new backup set."""
-    from releasegate.backup import sets
+    from releasegate.backup import set_create, sets
 
     settings = state.settings()
     if not stores and not as_json:
@@ -98,7 +99,7 @@ def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
         for store, why in sets.configured_stores(settings).items():
             if why is not None and sections.get(store) is not None:
                 _echo(f"{store}: skipped ({why})")
-    manifest = sets.create(
+    manifest = set_create.create(
         settings, stores=list(stores) or None, on_progress=None if as_json else _print_progress
     )
     path = sets.backup_dir(settings) / manifest.set_id
@@ -168,7 +169,7 @@ def restore(
     the restore also needs --while-live. Without the flags it needs, nothing changes and
     the exit code is 2.
     """
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
 
     reports: list[LossReport] = []
 
@@ -179,7 +180,7 @@ def restore(
                 _echo(line)
 
     try:
-        result = sets.restore(
+        result = set_restore.restore(
             state.settings(),
             set_ref,
             stores=list(stores) or None,

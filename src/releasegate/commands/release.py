@@ -15,7 +15,7 @@ def _publish(state: CliState, result: Any, as_json: bool) -> int:
     from releasegate.output import echo, echo_json
     from releasegate.report import github
     from releasegate.report.files import write_reports
-    from releasegate.report.render import render_text
+    from releasegate.report.text import render_text
 
     settings = state.settings()
     data = result.to_dict()

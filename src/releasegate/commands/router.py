@@ -1,7 +1,9 @@
 """``releasegate router``: run HAProxy in front of blue and green, switch traffic.
 
-A thin layer over :mod:`releasegate.router.manager`; every change goes through the
-HAProxy runtime API, never a reload.
+A thin layer over :mod:`releasegate.router.manager` (up, down),
+:mod:`releasegate.router.state` (status) and :mod:`releasegate.router.switching`
+(weight, promote, rollback); every change goes through the HAProxy runtime API, never
+a reload.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import click
 from releasegate.cli import CliState, pass_state
 
 if TYPE_CHECKING:
-    from releasegate.router.manager import RouterState, SwitchResult
+    from releasegate.router.state import RouterState
+    from releasegate.router.switching import SwitchResult
 
 COLOR = click.Choice(["blue", "green"])
 
@@ -160,7 +163,7 @@ def status(state: CliState, as_json: bool) -> int:
 
     Per color: admin state, health, weight and open sessions, read from the runtime API.
     """
-    from releasegate.router.manager import router_status
+    from releasegate.router.state import router_status
 
     result = router_status(state.settings())
     if as_json:
@@ -182,7 +185,7 @@ def weight(state: CliState, color: str, weight: int, wait: str | None, as_json: 
     The other color gets the rest. 1 to 99 is a canary; 100 or 0 is a full switch
     that drains the color left at 0.
     """
-    from releasegate.router.manager import set_weight
+    from releasegate.router.switching import set_weight
 
     _print_switch(set_weight(state.settings(), color, weight, wait=_wait_option(wait)), as_json)
     return 0
@@ -198,7 +201,7 @@ def promote(state: CliState, color: str | None, wait: str | None, as_json: bool)
 
     The other color is drained: its open connections finish, it gets no new ones.
     """
-    from releasegate.router.manager import promote as promote_color
+    from releasegate.router.switching import promote as promote_color
 
     _print_switch(promote_color(state.settings(), color, wait=_wait_option(wait)), as_json)
     return 0
@@ -215,7 +218,7 @@ def rollback(state: CliState, color: str | None, wait: str | None, as_json: bool
     Undoes a promote (or ends a canary on the live color); COLOR names the target
     explicitly. The other color is drained.
     """
-    from releasegate.router.manager import rollback as rollback_color
+    from releasegate.router.switching import rollback as rollback_color
 
     _print_switch(rollback_color(state.settings(), color, wait=_wait_option(wait)), as_json)
     return 0

@@ -280,7 +280,7 @@ def find_container(client: docker.DockerClient, settings: Settings, color: str) 
 def traffic_weights(settings: Settings) -> dict[str, int] | None:
     """Share of new requests per color from the router; None without a running router."""
     try:
-        from releasegate.router.manager import router_status
+        from releasegate.router.state import router_status
     except ImportError:
         return None
     try:

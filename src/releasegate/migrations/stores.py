@@ -66,9 +66,9 @@ def status(settings: Settings, stores: list[str]) -> dict[str, Any]:
 
             result[store] = pg_status(settings)
         elif store == "redis":
-            from releasegate.migrations.redis import engine as redis_engine
+            from releasegate.migrations.redis import versions as redis_versions
 
-            result[store] = redis_engine.status(settings)
+            result[store] = redis_versions.status(settings)
         else:
             from releasegate.migrations import qdrant
 

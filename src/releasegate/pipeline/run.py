@@ -289,7 +289,7 @@ def _context_from(
     if deploy is not None:
         ctx.target = deploy["color"]
         ctx.previous_image = deploy.get("previous_image")
-        from releasegate.router.manager import other_color
+        from releasegate.router.state import other_color
 
         ctx.live_before = switch["from"] if switch else other_color(deploy["color"])
     return ctx

@@ -41,7 +41,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     from releasegate.deploy import containers
     from releasegate.deploy.engine import connect as docker_connect
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router.state import other_color, router_status
 
     settings = ctx.settings
     checks: dict[str, str] = {"postgres": "ok (ledger open)", "lock": "held"}
@@ -56,7 +56,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     ctx.ledger.update_release(ctx.release_id, git_sha=ctx.git_sha)
     checks["docker"] = "ok"
     checks["image"] = ctx.image_digest
-    state = router.router_status(settings)
+    state = router_status(settings)
     checks["router"] = "ok"
     ctx.live_before = state.live
     if state.live is None:
@@ -73,7 +73,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
             f" ({state[state.live].check}): nothing to fall back to",
             {"checks": checks},
         )
-    ctx.target = router.other_color(state.live)
+    ctx.target = other_color(state.live)
     live = containers.find_container(client, settings, state.live)
     if live is not None:
         image_id = live.image.id if live.image is not None else None
@@ -162,9 +162,9 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
 
 def backup(ctx: ReleaseContext) -> StepOutcome:
     """A restore point of every store, verified by restoring it into scratch places."""
-    from releasegate.backup import sets
+    from releasegate.backup import set_create, sets
 
-    manifest = sets.create(ctx.settings)
+    manifest = set_create.create(ctx.settings)
     ctx.backup_set = manifest.set_id
     ctx.manifest = manifest.to_dict()
     ctx.record_change(BACKUP, set_id=manifest.set_id)
@@ -188,11 +188,11 @@ def migrate(ctx: ReleaseContext) -> StepOutcome:
     Qdrant run in expand form: the new layout is written beside the old one, which the
     live version keeps using until promotion.
     """
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
     from releasegate.migrations import stores
 
     plan_sections = ctx.sections["plan"]
-    versions = sets.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
+    versions = set_restore.live_versions(ctx.settings, stores.configured_stores(ctx.settings))
     done: dict[str, Any] = {}
     if plan_sections["expand"]:
         ctx.record_change(
@@ -333,7 +333,7 @@ def promote(ctx: ReleaseContext) -> StepOutcome:
     the switch. Finalize catches up once more after blue has drained.
     """
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router import switching
 
     assert ctx.target is not None
     ctx.record_change(SWITCH, **{"from": ctx.live_before, "to": ctx.target})
@@ -341,7 +341,7 @@ def promote(ctx: ReleaseContext) -> StepOutcome:
     caught: dict[str, Any] = {}
     if REDIS in expanded:
         caught["redis before switch"] = stores.catch_up(ctx.settings, REDIS).to_dict()
-    result = router.promote(ctx.settings, ctx.target)
+    result = switching.promote(ctx.settings, ctx.target)
     ctx.sections.setdefault("router", []).append(result.to_dict())
     for store in expanded:
         caught[f"{store} after switch"] = stores.catch_up(ctx.settings, store).to_dict()
@@ -392,11 +392,11 @@ def finalize(ctx: ReleaseContext) -> StepOutcome:
     """Stop the old color after its drain window; contract revisions; prune old images."""
     from releasegate.deploy import containers
     from releasegate.migrations import stores
-    from releasegate.router import manager as router
+    from releasegate.router.state import wait_drained
 
     assert ctx.live_before is not None
     drain = ctx.settings.raw.deploy.drain
-    drained = router.wait_drained(ctx.settings, ctx.live_before, drain)
+    drained = wait_drained(ctx.settings, ctx.live_before, drain)
     expanded = _expanded(ctx)
     if REDIS in expanded:
         # What blue's last requests wrote while it drained.

@@ -89,17 +89,19 @@ def _step(report: UndoReport, name: str, action: Callable[[], Any], progress: Pr
 
 def _switch_back(settings: Settings, color: str) -> dict[str, Any]:
     from releasegate.errors import InfraError
-    from releasegate.router import manager as router
+    from releasegate.router.manager import router_up
+    from releasegate.router.state import router_status
+    from releasegate.router.switching import rollback
 
     try:
-        router.router_status(settings)
+        router_status(settings)
         started = False
     except InfraError:
         # The router answered at preflight: it stopped (or died) during the release.
         # Start it again (its saved state, else blue live) and then switch, so that
         # the traffic is verified on the previous color rather than left to a human.
-        started = router.router_up(settings).started
-    result: dict[str, Any] = router.rollback(settings, color).to_dict()
+        started = router_up(settings).started
+    result: dict[str, Any] = rollback(settings, color).to_dict()
     result["router_restarted"] = started
     return result
 
@@ -160,9 +162,9 @@ def _irreversible_applied(settings: Settings, change: dict[str, Any]) -> str | N
     irreversible = change.get("irreversible") or []
     if not irreversible:
         return None
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
 
-    current = sets.live_versions(settings, [POSTGRES]).get("alembic")
+    current = set_restore.live_versions(settings, [POSTGRES]).get("alembic")
     revisions: list[str] = list(change.get("revisions") or [])
     applied = revisions[: revisions.index(current) + 1] if current in revisions else []
     kept = [r for r in applied if r in irreversible]

@@ -49,11 +49,11 @@ def check(
 def _version_checks(
     settings: Settings, report: UndoReport, manifest: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    from releasegate.backup import sets
+    from releasegate.backup import set_restore
 
     recorded = manifest.get("versions", {})
     names = [entry["store"] for entry in manifest.get("stores", [])]
-    live = sets.live_versions(settings, names)
+    live = set_restore.live_versions(settings, names)
     checks = []
     for store in names:
         key = "alembic" if store == POSTGRES else store

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from releasegate.fileio import write_atomic
-from releasegate.report.render import SUMMARY_LIMIT_BYTES, redact_data, render_markdown
+from releasegate.report.render import SUMMARY_LIMIT_BYTES, render_markdown
+from releasegate.report.values import redact_data
 
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 

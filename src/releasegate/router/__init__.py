@@ -1,9 +1,12 @@
 """The HAProxy router in front of blue and green: config, runtime API client, switching.
 
-The core functions live in :mod:`releasegate.router.manager`: :func:`router_up`,
-:func:`router_down`, :func:`router_status`, :func:`set_weight`, :func:`promote` and
-:func:`rollback`. They are imported lazily here so that ``import releasegate.router``
-stays cheap.
+The core functions: :func:`~releasegate.router.manager.router_up` and
+:func:`~releasegate.router.manager.router_down` (running HAProxy),
+:func:`~releasegate.router.state.router_status` (who is live), and
+:func:`~releasegate.router.switching.set_weight`,
+:func:`~releasegate.router.switching.promote` and
+:func:`~releasegate.router.switching.rollback` (moving traffic). Nothing is imported
+here, so that ``import releasegate.router`` stays cheap.
 """
 
 from __future__ import annotations

@@ -11,34 +11,31 @@ Migration modules (``migrations/redis/NNNN_name.py``) either declare ``MOVES``, 
 :mod:`.moves`), or define ``up(ctx)`` and ``down(ctx)``, where ``ctx`` is a
 :class:`MigrationContext` with the client and the helpers ``rename_keys``,
 ``transform_json``, ``rename_and_transform`` and ``set_ttl``; :func:`field_map` builds the
-usual JSON field-renaming transform. See :mod:`.engine` and :mod:`.helpers`.
+usual JSON field-renaming transform. See :mod:`.engine`, :mod:`.versions` and :mod:`.helpers`.
 
 Only ``MOVES`` migrations run in a release's expand/contract form, beside the old version:
 :mod:`.phases` (``expand``, ``catch_up``, ``contract``, ``undo``, ``expand_problems``,
 ``expanded_state``).
 """
 
+from releasegate.migrations.redis.checkpoint import Progress, StepStats
 from releasegate.migrations.redis.engine import (
     Direction,
     MigrationContext,
     RedisMigrateResult,
+    RedisStepResult,
+    down,
+    up,
+)
+from releasegate.migrations.redis.json_fields import camel_to_snake, field_map, snake_to_camel
+from releasegate.migrations.redis.moves import KeyMove
+from releasegate.migrations.redis.versions import (
     RedisMigration,
     RedisState,
     RedisStatus,
-    RedisStepResult,
-    down,
     load_migrations,
     status,
-    up,
 )
-from releasegate.migrations.redis.helpers import (
-    Progress,
-    StepStats,
-    camel_to_snake,
-    field_map,
-    snake_to_camel,
-)
-from releasegate.migrations.redis.moves import KeyMove
 
 __all__ = [
     "Direction",

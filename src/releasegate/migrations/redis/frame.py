@@ -19,7 +19,7 @@ from releasegate.config import RedisSection, Settings
 from releasegate.errors import MigrationFailed, ReleasegateError, StateError
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock
-from releasegate.migrations.redis import engine
+from releasegate.migrations.redis import versions
 from releasegate.migrations.redis.moves import (
     ExpandState,
     Expansion,
@@ -106,8 +106,8 @@ class PhaseResult:
         return {
             "store": "redis",
             "phase": self.phase,
-            "before": engine.format_version(self.before),
-            "after": engine.format_version(self.after),
+            "before": versions.format_version(self.before),
+            "after": versions.format_version(self.after),
             "versions": self.versions,
             "duration_s": round(self.duration_s, 3),
             "release_id": self.release_id,
@@ -129,7 +129,7 @@ class Phase:
     ledger: Ledger
     result: PhaseResult
     syncer: Syncer
-    migrations: dict[str, engine.RedisMigration]
+    migrations: dict[str, versions.RedisMigration]
 
     @property
     def version_key(self) -> str:
@@ -209,25 +209,25 @@ def phase(
     settings: Settings, phase: str, on_progress: ProgressCallback | None = None
 ) -> Iterator[Phase]:
     """Lock, ledger release and Redis client of one phase; failures recorded and explained."""
-    section = engine.section_of(settings)
-    migrations = {m.version: m for m in engine.load_all(settings)}
+    section = versions.section_of(settings)
+    migrations = {m.version: m for m in versions.load_all(settings)}
     pg_url = settings.postgres_url()
     db.check_url(pg_url, f"${settings.raw.postgres.url_env}")
-    client = engine.connect(settings, f"redis {phase}")
+    client = versions.connect(settings, f"redis {phase}")
     started = time.monotonic()
     try:
         with (
             service_lock(settings, f"redis {phase}") as held,
             Ledger.open(pg_url) as ledger,
         ):
-            current = read(client, lambda: engine.read_version(client, section.version_key))
+            current = read(client, lambda: versions.read_version(client, section.version_key))
             result = PhaseResult(phase, current, current)
             result.release_id = ledger.start_release(
                 settings.service,
                 "migrate",
                 performer(),
                 git_sha=git_sha(settings.root),
-                redis_before=engine.format_version(current),
+                redis_before=versions.format_version(current),
             )
             ledger.record_event(
                 result.release_id, "lock", StepStatus.OK, held.waited, {"service": settings.service}
@@ -244,7 +244,7 @@ def phase(
                 Outcome.SUCCEEDED,
                 {"store": "redis", "phase": phase, "versions": result.versions}
                 | {"keys": result.counts()},
-                redis_after=engine.format_version(result.after),
+                redis_after=versions.format_version(result.after),
             )
     finally:
         client.close()
@@ -256,13 +256,13 @@ def _fail(run: Phase, exc: BaseException) -> None:
     if isinstance(exc, redis.RedisError):
         error = db.first_line(stores.infra_error(run.client, exc, f"the redis {result.phase}"))
     with suppress(redis.RedisError):
-        result.after = engine.read_version(run.client, run.version_key)
+        result.after = versions.read_version(run.client, run.version_key)
     assert result.release_id is not None
     run.ledger.finish_release(
         result.release_id,
         Outcome.FAILED,
         {"store": "redis", "phase": result.phase, "error": error, "keys": result.counts()},
-        redis_after=engine.format_version(result.after),
+        redis_after=versions.format_version(result.after),
     )
     if isinstance(exc, ReleasegateError) and not isinstance(exc, MigrationFailed):
         raise exc

@@ -20,7 +20,8 @@ changes one page of keys per Lua call. Three guarantees hold whatever dies when:
   no key left under the old pattern (keys written meanwhile, or SCAN having missed one).
 
 JSON transforms keep two Lua calls in flight on a connection of their own (see
-:class:`_JsonMover`): Redis reads the next page while Python transforms this one.
+:class:`~releasegate.migrations.redis.json_mover.JsonMover`): Redis reads the next page
+while Python transforms this one.
 
 In-place transforms (:meth:`Helpers.transform_json`) cannot tell a transformed value from an
 untransformed one by its key: give them an idempotent function or an ``is_done`` test.
@@ -28,267 +29,28 @@ untransformed one by its key: give them an idempotent function or an ``is_done``
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import struct
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
 from releasegate.errors import ConfigError, MigrationFailed
+from releasegate.migrations.redis.batch_scripts import MOVE_LUA, RENAME_LUA, TTL_LUA
+from releasegate.migrations.redis.checkpoint import (
+    Checkpoint,
+    Progress,
+    ProgressCallback,
+    StepStats,
+)
+from releasegate.migrations.redis.json_fields import JsonFn
+from releasegate.migrations.redis.json_mover import JsonMover
 from releasegate.stores import redis as stores
 
 log = logging.getLogger("releasegate.redis.migrations")
 
-JsonFn = Callable[[dict[str, Any]], dict[str, Any] | None]
 TtlFn = Callable[[str, float | None], float | None]
-
-# Lua: one page of atomic compare-and-move (or in-place rewrite) of string keys: a key
-# moves only if it still holds the value the new one was computed from; RENAMENX keeps its
-# TTL and refuses to overwrite, SET KEEPTTL puts the new value in.
-# KEYS: checkpoint, then (old, new) pairs. ARGV: field prefix, next cursor, run id, pass,
-# overwrite flag, then (expected old value, new value) pairs.
-_MOVE_LUA = """
-local p, overwrite = ARGV[1], ARGV[5]
-local moved, gone, raced, conflicts = 0, 0, 0, 0
-local failed, clashed = {}, {}
-local n = (#KEYS - 1) / 2
-local sources, currents = {}, {}
-for i = 1, n do sources[i] = KEYS[2 * i] end
-local first = 1
-while first <= n do
-  local last = math.min(first + 499, n)
-  local values = redis.call('MGET', unpack(sources, first, last))
-  for i = first, last do currents[i] = values[i - first + 1] end
-  first = last + 1
-end
-for i = 1, n do
-  local src, dst = sources[i], KEYS[2 * i + 1]
-  local expected, value = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  local current = currents[i]
-  if current == false and redis.call('EXISTS', src) == 0 then
-    gone = gone + 1
-  elseif current ~= expected then
-    raced = raced + 1
-    failed[#failed + 1] = i
-  elseif src == dst then
-    redis.call('SET', dst, value, 'KEEPTTL')
-    moved = moved + 1
-  elseif overwrite == '1' or redis.call('RENAMENX', src, dst) == 1 then
-    -- The key moves with its TTL, then gets its new value in the same atomic step.
-    if overwrite == '1' then redis.call('RENAME', src, dst) end
-    redis.call('SET', dst, value, 'KEEPTTL')
-    moved = moved + 1
-  else
-    conflicts = conflicts + 1
-    clashed[#clashed + 1] = i
-  end
-end
-redis.call('HSET', KEYS[1], p .. 'cursor', ARGV[2], p .. 'run', ARGV[3], p .. 'pass', ARGV[4])
-redis.call('HINCRBY', KEYS[1], p .. 'changed', moved)
-redis.call('HINCRBY', KEYS[1], p .. 'batches', 1)
-return {moved, gone, raced, conflicts, failed, clashed}
-"""
-
-# Lua: one SCAN page with the values of its keys, as one string of records
-# (key length u32, value length i32: -1 gone, -2 not a string; key; value).
-# ARGV: cursor, match pattern, count. Returns {next cursor, records}.
-_READ_LUA = """
-local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
-local keys = page[2]
-local parts = {}
-local n = #keys
-local first = 1
-while first <= n do
-  local last = math.min(first + 499, n)
-  local values = redis.call('MGET', unpack(keys, first, last))
-  for i = first, last do
-    local key, value = keys[i], values[i - first + 1]
-    if value then
-      parts[#parts + 1] = struct.pack('>I4i4', #key, #value)
-      parts[#parts + 1] = key
-      parts[#parts + 1] = value
-    else
-      local gone = redis.call('EXISTS', key) == 0
-      parts[#parts + 1] = struct.pack('>I4i4', #key, gone and -1 or -2)
-      parts[#parts + 1] = key
-    end
-  end
-  first = last + 1
-end
-return {page[1], table.concat(parts)}
-"""
-
-# Lua: one page of RENAMEs (any type; RENAME keeps the TTL). Same KEYS/ARGV layout, no values.
-_RENAME_LUA = """
-local p, overwrite = ARGV[1], ARGV[5]
-local moved, gone, conflicts = 0, 0, 0
-local clashed = {}
-local n = (#KEYS - 1) / 2
-for i = 1, n do
-  local src, dst = KEYS[2 * i], KEYS[2 * i + 1]
-  local done
-  if overwrite == '1' then
-    done = redis.pcall('RENAME', src, dst)
-  else
-    done = redis.pcall('RENAMENX', src, dst)
-  end
-  if type(done) == 'table' and done['err'] then
-    gone = gone + 1  -- no such key: renamed by an earlier run, or deleted
-  elseif done == 0 then
-    conflicts = conflicts + 1
-    clashed[#clashed + 1] = i
-  else
-    moved = moved + 1
-  end
-end
-redis.call('HSET', KEYS[1], p .. 'cursor', ARGV[2], p .. 'run', ARGV[3], p .. 'pass', ARGV[4])
-redis.call('HINCRBY', KEYS[1], p .. 'changed', moved)
-redis.call('HINCRBY', KEYS[1], p .. 'batches', 1)
-return {moved, gone, 0, conflicts, {}, clashed}
-"""
-
-# Lua: one page of TTL changes. KEYS: checkpoint, then keys. ARGV: field prefix, next cursor,
-# run id, pass, only-missing flag, then one value per key: milliseconds, or -1 to persist.
-_TTL_LUA = """
-local p, only_missing = ARGV[1], ARGV[5]
-local changed, gone, skipped = 0, 0, 0
-for i = 2, #KEYS do
-  local key, ms = KEYS[i], tonumber(ARGV[4 + i])
-  local pttl = redis.call('PTTL', key)
-  if pttl == -2 then
-    gone = gone + 1
-  elseif only_missing == '1' and pttl ~= -1 then
-    skipped = skipped + 1
-  elseif ms < 0 then
-    if redis.call('PERSIST', key) == 1 then changed = changed + 1 else skipped = skipped + 1 end
-  else
-    redis.call('PEXPIRE', key, ms)
-    changed = changed + 1
-  end
-end
-redis.call('HSET', KEYS[1], p .. 'cursor', ARGV[2], p .. 'run', ARGV[3], p .. 'pass', ARGV[4])
-redis.call('HINCRBY', KEYS[1], p .. 'changed', changed)
-redis.call('HINCRBY', KEYS[1], p .. 'batches', 1)
-return {changed, gone, 0, 0, {}, {}, skipped}
-"""
-
-_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def camel_to_snake(name: str) -> str:
-    """``userAgent`` -> ``user_agent``, ``HTTPCode`` -> ``http_code``."""
-    return _CAMEL_RE.sub("_", name).lower()
-
-
-def snake_to_camel(name: str) -> str:
-    """``user_agent`` -> ``userAgent``."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def field_map(
-    rename: Mapping[str, str],
-    *,
-    defaults: Mapping[str, Any] | None = None,
-    drop: Iterable[str] = (),
-) -> JsonFn:
-    """A JSON transform: rename fields, add ``defaults`` for missing ones, ``drop`` others.
-
-    Fields not named stay as they are (and keep their order). Applying it to its own
-    output changes nothing, so it is safe for in-place transforms.
-    """
-    renames = dict(rename)
-    extra = dict(defaults or {})
-    dropped = set(drop)
-
-    def transform(value: dict[str, Any]) -> dict[str, Any]:
-        out = {renames.get(k, k): v for k, v in value.items() if k not in dropped}
-        for name, default in extra.items():
-            out.setdefault(name, default)
-        return out
-
-    return transform
-
-
-# -- progress and results ---------------------------------------------------------------
-
-
-@dataclass
-class StepStats:
-    """What one helper call did; the ``key counts`` of the ledger event."""
-
-    step: int
-    operation: str
-    pattern: str
-    scanned: int = 0  # keys SCAN returned under the pattern
-    changed: int = 0  # keys moved, rewritten or given a TTL
-    unchanged: int = 0  # nothing to do (already done, same value, TTL already right)
-    gone: int = 0  # deleted between SCAN and the change (or moved by an earlier run)
-    raced: int = 0  # changed by someone else between read and write, then retried
-    conflicts: int = 0  # renames whose target already existed: left alone
-    invalid: int = 0  # values a JSON transform could not read: left alone
-    batches: int = 0
-    passes: int = 0
-    resumed: bool = False  # continued from a checkpoint
-    skipped: bool = False  # finished by an earlier run: nothing done now
-    seconds: float = 0.0
-    examples: list[str] = field(default_factory=list)  # a few keys behind problems
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["seconds"] = round(self.seconds, 3)
-        return data
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Reported after every batch: the version, the step, and the counts so far."""
-
-    version: str
-    direction: str
-    stats: StepStats
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-class Checkpoint:
-    """The progress of one version in one direction, in a Redis hash.
-
-    Fields are prefixed by the step number (``3:cursor``, ``3:run``, ``3:pass``,
-    ``3:changed``, ``3:batches``, ``3:done``). Batch scripts write them in the same atomic
-    call as the data; :meth:`finish_step` marks a step done.
-    """
-
-    def __init__(self, client: redis.Redis, key: str, run_id: str) -> None:
-        self.client = client
-        self.key = key
-        self.run_id = run_id
-        self.fields: dict[str, str] = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
-
-    @property
-    def exists(self) -> bool:
-        return bool(self.fields)
-
-    def get(self, step: int, name: str) -> str | None:
-        return self.fields.get(f"{step}:{name}")
-
-    def finish_step(self, step: int) -> None:
-        self.client.hset(self.key, f"{step}:done", "1")
-
-
-def checkpoint_key(version_key: str, version: str, direction: str) -> str:
-    """The hash that holds the checkpoint of ``version`` migrating in ``direction``."""
-    return f"{version_key}:checkpoint:{version}:{direction}"
-
-
-# -- the helpers --------------------------------------------------------------------------
 
 
 class Helpers:
@@ -321,9 +83,9 @@ class Helpers:
         self.max_passes = max_passes
         self.retries = retries
         self.steps: list[StepStats] = []
-        self._move = client.register_script(_MOVE_LUA)
-        self._rename = client.register_script(_RENAME_LUA)
-        self._ttl = client.register_script(_TTL_LUA)
+        self.move_script = client.register_script(MOVE_LUA)
+        self._rename = client.register_script(RENAME_LUA)
+        self._ttl = client.register_script(TTL_LUA)
 
     # -- public operations --
 
@@ -342,7 +104,7 @@ class Helpers:
             pairs = [k2 for k in keys for k2 in (k, new + k[len(old) :])]
             reply = list(self._rename(keys=[self.checkpoint.key, *pairs], args=args))
             for i in reply[5]:
-                self._note(stats, keys[int(i) - 1])
+                self.note_example(stats, keys[int(i) - 1])
             return reply
 
         flag = "1" if overwrite else "0"
@@ -436,7 +198,8 @@ class Helpers:
         self.steps.append(stats)
         return stats
 
-    def _note(self, stats: StepStats, key: bytes) -> None:
+    def note_example(self, stats: StepStats, key: bytes) -> None:
+        """Keep a few keys behind problems as examples for the error message."""
         if len(stats.examples) < 3:
             stats.examples.append(key[:120].decode(errors="replace"))
 
@@ -451,7 +214,7 @@ class Helpers:
         overwrite: bool = False,
         sweep: bool,
     ) -> None:
-        mover = _JsonMover(self, stats, pattern, fn, rename, is_done, overwrite)
+        mover = JsonMover(self, stats, pattern, fn, rename, is_done, overwrite)
         self._run(stats, pattern, mover.run_pass, sweep=sweep)
         if stats.invalid:
             raise MigrationFailed(
@@ -459,7 +222,7 @@ class Helpers:
                 f" (e.g. {', '.join(stats.examples)}); they were left as they are"
             )
 
-    def _account(self, stats: StepStats, reply: Sequence[Any]) -> int:
+    def account(self, stats: StepStats, reply: Sequence[Any]) -> int:
         """Add one batch's Lua reply (changed, gone, raced, conflicts, ...) to ``stats``."""
         changed, gone, raced, conflicts = (int(x) for x in reply[:4])
         stats.changed += changed
@@ -496,7 +259,7 @@ class Helpers:
                     flag,
                 ]
                 if wanted:
-                    changed_this_pass += self._account(stats, page(wanted, args))
+                    changed_this_pass += self.account(stats, page(wanted, args))
                     empty_pages = 0
                     continue
                 empty_pages += 1
@@ -582,224 +345,9 @@ class Helpers:
         )
 
 
-_KV_HEAD = struct.Struct(">Ii")
-_DECODE = json.JSONDecoder().decode
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-class _JsonMover:
-    """Pipelined passes of a JSON transform (with or without a rename).
-
-    Two commands are kept in flight on a connection of its own: while Python decodes and
-    transforms page *k*, Redis applies the atomic batch of page *k-1* and reads page *k+1*
-    (one Lua call returns a SCAN page with its values as a single string). So the client
-    and the server work at the same time, and each page costs one round trip.
-    """
-
-    def __init__(
-        self,
-        helpers: Helpers,
-        stats: StepStats,
-        pattern: str,
-        fn: JsonFn,
-        rename: tuple[bytes, bytes] | None,
-        is_done: Callable[[dict[str, Any]], bool] | None,
-        overwrite: bool,
-    ) -> None:
-        self.h = helpers
-        self.stats = stats
-        self.pattern = pattern.encode()
-        self.fn = fn
-        self.rename = rename
-        self.is_done = is_done
-        self.flag = b"1" if overwrite else b"0"
-        client = helpers.client
-        self.read_sha = str(client.script_load(_READ_LUA)).encode()
-        self.move_sha = str(client.script_load(_MOVE_LUA)).encode()
-
-    # -- one page --
-
-    def _read_cmd(self, cursor: int) -> bytes:
-        count = b"%d" % self.h.batch_size
-        return stores.pack_command(
-            [b"EVALSHA", self.read_sha, b"0", b"%d" % cursor, self.pattern, count]
-        )
-
-    def _transform_page(self, blob: bytes) -> tuple[list[bytes], list[bytes]]:
-        """(old/new key pairs, expected/new value pairs) of one page to write."""
-        stats, h = self.stats, self.h
-        pairs: list[bytes] = []
-        values: list[bytes] = []
-        offset, end = 0, len(blob)
-        protected = h.protected
-        while offset < end:
-            key_len, value_len = _KV_HEAD.unpack_from(blob, offset)
-            offset += 8
-            key = blob[offset : offset + key_len]
-            offset += key_len
-            if value_len < 0:
-                if key.startswith(protected):
-                    continue
-                stats.scanned += 1
-                if value_len == -1:
-                    stats.gone += 1
-                else:
-                    stats.invalid += 1
-                    h._note(stats, key)
-                continue
-            raw = blob[offset : offset + value_len]
-            offset += value_len
-            if key.startswith(protected):
-                continue
-            stats.scanned += 1
-            new_value = self._new_value(key, raw)
-            if new_value is not None:
-                pairs += (key, key if self.rename is None else self._new_key(key))
-                values += (raw, new_value)
-        return pairs, values
-
-    def _new_key(self, key: bytes) -> bytes:
-        assert self.rename is not None
-        old, new = self.rename
-        return new + key[len(old) :]
-
-    def _new_value(self, key: bytes, raw: bytes) -> bytes | None:
-        stats = self.stats
-        try:
-            value = _DECODE(raw.decode())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            value = None
-        if not isinstance(value, dict):
-            stats.invalid += 1
-            self.h._note(stats, key)
-            return None
-        if self.is_done is not None and self.is_done(value):
-            stats.unchanged += 1
-            return None
-        result = self.fn(value)
-        if result is None or (self.rename is None and result == value):
-            stats.unchanged += 1
-            return None
-        return _ENCODE(result).encode()
-
-    def _write_cmd(
-        self, pairs: list[bytes], values: list[bytes], cursor: int, pass_no: int
-    ) -> bytes:
-        h = self.h
-        head = [b"EVALSHA", self.move_sha, b"%d" % (1 + len(pairs)), h.checkpoint.key.encode()]
-        args = [
-            b"%d:" % self.stats.step,
-            b"%d" % cursor,
-            h.checkpoint.run_id.encode(),
-            b"%d" % pass_no,
-            self.flag,
-        ]
-        return stores.pack_command([*head, *pairs, *args, *values])
-
-    def _collect(self, reply: Sequence[Any], pairs: list[bytes], raced: list[bytes]) -> int:
-        for i in reply[5]:
-            self.h._note(self.stats, pairs[2 * (int(i) - 1)])
-        raced += [pairs[2 * (int(i) - 1)] for i in reply[4]]
-        # Raced keys are retried after the pass: do not count them as changes here.
-        return self.h._account(self.stats, [reply[0], reply[1], 0, reply[3]])
-
-    # -- a pass --
-
-    def run_pass(self, cursor: int, pass_no: int) -> int:
-        """Scan from ``cursor`` to the end, moving every page; returns keys changed."""
-        conn: Any = self.h.client.connection_pool.get_connection()
-        in_flight: deque[str] = deque()
-        raced: list[bytes] = []
-        changed = 0
-        empty_pages = 0
-
-        def send(kind: str, command: bytes) -> None:
-            conn.send_packed_command([command], check_health=False)
-            in_flight.append(kind)
-
-        def receive(kind: str) -> Any:
-            assert in_flight.popleft() == kind
-            return conn.read_response()
-
-        try:
-            send("read", self._read_cmd(cursor))
-            writing: list[bytes] | None = None  # the pairs of the batch in flight
-            next_cursor, blob = receive("read")
-            while True:
-                next_cursor = int(next_cursor)
-                if next_cursor:
-                    send("read", self._read_cmd(next_cursor))  # Redis reads ahead meanwhile
-                pairs, values = self._transform_page(bytes(blob))
-                if writing is not None:
-                    changed += self._collect(receive("write"), writing, raced)
-                    writing = None
-                empty_pages = 0 if pairs else empty_pages + 1
-                # An empty page writes only the cursor, and only now and then.
-                if pairs or empty_pages >= 50 or next_cursor == 0:
-                    send("write", self._write_cmd(pairs, values, next_cursor, pass_no))
-                    writing = pairs
-                    empty_pages = 0
-                if not next_cursor:
-                    break
-                next_cursor, blob = receive("read")
-            if writing is not None:
-                changed += self._collect(receive("write"), writing, raced)
-        finally:
-            if in_flight:  # interrupted: replies are pending, the connection is unusable
-                conn.disconnect()
-            self.h.client.connection_pool.release(conn)
-        return changed + self._retry(raced, pass_no)
-
-    def _retry(self, keys: list[bytes], pass_no: int) -> int:
-        """Keys changed by someone else between read and write: read them again, retry."""
-        h, stats = self.h, self.stats
-        changed = 0
-        for _attempt in range(h.retries):
-            if not keys:
-                break
-            stats.raced += len(keys)
-            raws: list[bytes | None] = h.client.mget(keys)  # type: ignore[assignment]
-            pairs: list[bytes] = []
-            values: list[bytes] = []
-            for key, raw in zip(keys, raws, strict=True):
-                if raw is None:
-                    if h.client.exists(key):
-                        stats.invalid += 1
-                        h._note(stats, key)
-                    else:
-                        stats.gone += 1
-                    continue
-                new_value = self._new_value(key, raw)
-                if new_value is not None:
-                    pairs += (key, key if self.rename is None else self._new_key(key))
-                    values += (raw, new_value)
-            if not pairs:
-                return changed
-            args: list[Any] = [f"{stats.step}:", 0, h.checkpoint.run_id, pass_no, self.flag]
-            reply = h._move(keys=[h.checkpoint.key, *pairs], args=[*args, *values])
-            keys = [pairs[2 * (int(i) - 1)] for i in reply[4]]
-            changed += self._collect(reply, pairs, [])
-        return changed + len(keys)  # still racing: a sweep pass (or a re-run) retries them
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _ttl_ms(ttl: float | None) -> int:
     if ttl is None:
         return -1
     if ttl <= 0:
         raise ConfigError(f"a TTL must be positive, not {ttl}")
     return max(1, round(ttl * 1000))
-
-
-def progress_of(checkpoint: Mapping[str, str], steps: Sequence[int] = ()) -> dict[str, Any]:
-    """A checkpoint hash in readable form: per step, cursor, pass, changed and done."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, value in checkpoint.items():
-        step, _, field_name = name.partition(":")
-        if steps and int(step) not in steps:
-            continue
-        out.setdefault(step, {})[field_name] = value
-    return out

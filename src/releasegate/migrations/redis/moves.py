@@ -8,7 +8,7 @@ writing ``up(ctx)``/``down(ctx)``::
 Each :class:`KeyMove` says: every string key matching ``pattern`` (which starts with
 ``old_prefix``) has a twin ``new_prefix + rest`` whose value is ``up(json value)``;
 ``down`` turns a new value back into an old one. Both are plain functions of one decoded
-JSON object returning another (:func:`~releasegate.migrations.redis.helpers.field_map`
+JSON object returning another (:func:`~releasegate.migrations.redis.json_fields.field_map`
 builds the usual ones). They are always applied to a value of the *other* layout, never
 to their own output, so they need not be idempotent.
 

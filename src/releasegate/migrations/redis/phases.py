@@ -63,7 +63,7 @@ from typing import Any
 
 from releasegate.config import Settings
 from releasegate.errors import MigrationFailed, StateError
-from releasegate.migrations.redis import engine, watch
+from releasegate.migrations.redis import versions, watch
 from releasegate.migrations.redis.frame import (
     Phase,
     PhaseResult,
@@ -330,16 +330,16 @@ def expand_problems(settings: Settings) -> list[str]:
     ``down`` transform, moves of pending migrations that touch each other's keys, an
     unknown data version, or an expansion still waiting for its contract.
     """
-    section = engine.section_of(settings)
-    migrations = {m.version: m for m in engine.load_all(settings)}
-    client = engine.connect(settings, "redis expand plan")
+    section = versions.section_of(settings)
+    migrations = {m.version: m for m in versions.load_all(settings)}
+    client = versions.connect(settings, "redis expand plan")
     try:
-        current = read(client, lambda: engine.read_version(client, section.version_key))
+        current = read(client, lambda: versions.read_version(client, section.version_key))
         record = read(client, lambda: read_expansion(client, section.version_key))
     finally:
         client.close()
     if current is not None and current not in migrations:
-        return [engine.unknown_problem(current)]
+        return [versions.unknown_problem(current)]
     if record is not None:
         base = record.after if record.state != ExpandState.EXPANDING else record.before
         pending = [v for v in sorted(migrations) if _above(v, base)]
@@ -359,9 +359,9 @@ def expand_problems(settings: Settings) -> list[str]:
 def expanded_state(settings: Settings) -> dict[str, Any] | None:
     """The open expansion (state, before, after, versions, twins tracked per move); None
     when nothing is expanded and not yet contracted (or undone)."""
-    section = engine.section_of(settings)
-    migrations = {m.version: m for m in engine.load_all(settings)}
-    client = engine.connect(settings, "redis expand status")
+    section = versions.section_of(settings)
+    migrations = {m.version: m for m in versions.load_all(settings)}
+    client = versions.connect(settings, "redis expand status")
     try:
         record: Expansion | None = read(client, lambda: read_expansion(client, section.version_key))
         if record is None:

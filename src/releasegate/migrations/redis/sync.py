@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from releasegate.migrations.redis.helpers import StepStats
+from releasegate.migrations.redis.checkpoint import StepStats
 from releasegate.migrations.redis.moves import JsonTransform
 from releasegate.stores import redis as stores
 

@@ -1,0 +1,341 @@
+"""How the HAProxy process runs: a daemon on the host (with a pidfile) or a container.
+
+Both runners validate a config with ``haproxy -c``, start HAProxy, tell whether it runs
+and soft-stop it (``SIGUSR1``: stop listening, let open connections finish).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from releasegate.config import Settings
+from releasegate.errors import ConfigError, InfraError
+from releasegate.router.config import RouterConfig
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+
+class Runner(Protocol):
+    """What runs HAProxy: a daemon on the host or a container."""
+
+    mode: str
+
+    def running(self) -> str | None:
+        """A description such as 'pid 42' or 'container 3f2a' when HAProxy runs, else None."""
+
+    def validate(self, path: Path) -> None: ...
+
+    def start(self) -> str: ...
+
+    def stop(self, timeout: float) -> bool:
+        """Soft-stop; True when it had to be killed."""
+
+    def failure(self) -> str:
+        """Why a start failed, from what HAProxy printed."""
+
+
+def _alerts(output: str, config: RouterConfig, candidate: Path | None = None) -> str:
+    """HAProxy's alert lines, shortened to one line."""
+    alerts = []
+    for line in output.splitlines():
+        if "[ALERT]" not in line:
+            continue
+        text = line.split("] ", 1)[-1]
+        # "   (1234) : config : parsing [...]" -> "parsing [...]"
+        parts = [p.strip() for p in text.split(" : ")]
+        text = " : ".join(p for p in parts[1:] if p != "config") if len(parts) > 1 else text
+        if text.startswith(("Error(s) found in configuration", "Fatal errors found")):
+            continue
+        if candidate is not None:
+            text = text.replace(str(candidate), config.paths.config.name)
+            text = text.replace(candidate.name, config.paths.config.name)
+        alerts.append(" ".join(text.split()))
+    if not alerts:
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        return lines[-1] if lines else "no message"
+    return "; ".join(alerts[:3])
+
+
+def find_haproxy(binary: str) -> str:
+    """The haproxy executable: a path, or a name on PATH or in the sbin folders."""
+    if "/" in binary:
+        if os.access(binary, os.X_OK):
+            return binary
+    else:
+        found = shutil.which(binary) or shutil.which(binary, path="/usr/local/sbin:/usr/sbin:/sbin")
+        if found:
+            return found
+    raise InfraError(
+        f"haproxy executable {binary!r} not found: install HAProxy (apt-get install haproxy)"
+        " or set router.binary"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the command name in parentheses; a zombie has exited.
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+class _HostRunner:
+    mode = "host"
+
+    def __init__(self, settings: Settings, config: RouterConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.paths = config.paths
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.paths.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # Never signal a process that merely reuses the pid.
+        if str(self.paths.config).encode() not in cmdline:
+            return None
+        return pid
+
+    def running(self) -> str | None:
+        pid = self._pid()
+        return None if pid is None else f"pid {pid}"
+
+    def _haproxy(self) -> str:
+        return find_haproxy(self.settings.raw.router.binary)
+
+    def validate(self, path: Path) -> None:
+        result = subprocess.run(
+            [self._haproxy(), "-c", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise ConfigError(
+                "haproxy rejected the router config: "
+                + _alerts(result.stdout + result.stderr, self.config, path)
+            )
+
+    def start(self) -> str:
+        with self.paths.log.open("w") as log:
+            result = subprocess.run(
+                [
+                    self._haproxy(),
+                    "-D",
+                    "-p",
+                    str(self.paths.pidfile),
+                    "-f",
+                    str(self.paths.config),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=30,
+            )
+        if result.returncode != 0:
+            raise InfraError(f"haproxy did not start: {self.failure()}")
+        return self.running() or "pid ?"
+
+    def failure(self) -> str:
+        try:
+            return _alerts(self.paths.log.read_text(errors="replace"), self.config)
+        except OSError:
+            return "no output"
+
+    def stop(self, timeout: float) -> bool:
+        pid = self._pid()
+        if pid is None:
+            return False
+        forced = False
+        # SIGUSR1: soft stop. Stop listening, let open connections finish.
+        for sig, grace in (
+            (signal.SIGUSR1, timeout + 1.0),
+            (signal.SIGTERM, 2.0),
+            (signal.SIGKILL, 2.0),
+        ):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            if wait_until(lambda: not _pid_alive(pid), grace):
+                break
+            forced = True
+        else:
+            raise InfraError(f"haproxy (pid {pid}) did not stop")
+        for path in (self.paths.pidfile, self.paths.socket):
+            path.unlink(missing_ok=True)
+        return forced
+
+
+def wait_until(predicate: Any, timeout: float, poll: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+class _ContainerRunner:
+    """HAProxy in a container: host network, runtime dir bind-mounted at the same path."""
+
+    mode = "container"
+
+    def __init__(self, settings: Settings, config: RouterConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.paths = config.paths
+        self.image = settings.raw.router.image
+        self.name = f"releasegate-router-{settings.service}"
+        self._docker: DockerClient | None = None
+
+    @property
+    def docker(self) -> DockerClient:
+        if self._docker is None:
+            import docker
+
+            try:
+                self._docker = docker.from_env(timeout=30)
+                self._docker.ping()
+            except docker.errors.DockerException as exc:
+                raise InfraError(f"Docker is unreachable: {_docker_reason(exc)}") from None
+        return self._docker
+
+    def _container(self) -> Container | None:
+        import docker
+
+        try:
+            return self.docker.containers.get(self.name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"Docker: {_docker_reason(exc)}") from None
+
+    def running(self) -> str | None:
+        container = self._container()
+        if container is None or container.status != "running":
+            return None
+        return f"container {container.short_id}"
+
+    @property
+    def _volumes(self) -> dict[str, dict[str, str]]:
+        folder = str(self.paths.runtime_dir)
+        return {folder: {"bind": folder, "mode": "rw"}}
+
+    @property
+    def _labels(self) -> dict[str, str]:
+        return {"releasegate.service": self.settings.service, "releasegate.role": "router"}
+
+    # The socket and state file belong to whoever runs releasegate.
+    _user = f"{os.getuid()}:{os.getgid()}"
+
+    def validate(self, path: Path) -> None:
+        import docker
+
+        try:
+            self.docker.containers.run(
+                self.image,
+                ["haproxy", "-c", "-f", str(path)],
+                remove=True,
+                stdout=True,
+                stderr=True,
+                network_mode="host",
+                volumes=self._volumes,
+                user=self._user,
+                labels=self._labels,
+            )
+        except docker.errors.ContainerError as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            raise ConfigError(
+                "haproxy rejected the router config: " + _alerts(stderr, self.config, path)
+            ) from None
+        except docker.errors.DockerException as exc:
+            raise InfraError(
+                f"cannot run router image {self.image}: {_docker_reason(exc)}"
+            ) from None
+
+    def start(self) -> str:
+        import docker
+
+        old = self._container()
+        try:
+            if old is not None:
+                old.remove(force=True)
+            container = self.docker.containers.run(
+                self.image,
+                ["haproxy", "-f", str(self.paths.config)],
+                name=self.name,
+                detach=True,
+                restart_policy={"Name": "always"},
+                network_mode="host",
+                volumes=self._volumes,
+                user=self._user,
+                labels=self._labels,
+            )
+        except docker.errors.DockerException as exc:
+            raise InfraError(
+                f"cannot start router image {self.image}: {_docker_reason(exc)}"
+            ) from None
+        return f"container {container.short_id}"
+
+    def failure(self) -> str:
+        container = self._container()
+        if container is None:
+            return "the container is gone"
+        logs = container.logs(tail=20).decode(errors="replace")
+        return _alerts(logs, self.config)
+
+    def stop(self, timeout: float) -> bool:
+        import docker
+
+        container = self._container()
+        if container is None:
+            return False
+        forced = False
+        try:
+            if container.status == "running":
+                container.kill(signal="SIGUSR1")
+                try:
+                    container.wait(timeout=timeout + 1.0)
+                except Exception:  # requests' ReadTimeout: the soft stop did not finish
+                    container.kill()
+                    forced = True
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"cannot stop the router container: {_docker_reason(exc)}") from None
+        self.paths.socket.unlink(missing_ok=True)
+        return forced
+
+
+def _docker_reason(exc: Exception) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return " ".join(str(text).split())[:300]
+
+
+def runner_for(settings: Settings, config: RouterConfig) -> Runner:
+    """The runner of ``router.mode``: a container, else a daemon on the host."""
+    if settings.raw.router.mode == "container":
+        return _ContainerRunner(settings, config)
+    return _HostRunner(settings, config)
