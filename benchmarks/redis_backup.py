@@ -23,6 +23,7 @@ from pathlib import Path
 
 import redis
 from _common import REPO_ROOT, redis_server
+from _redis_sessions import server_cpu_seconds
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "app"))
 from notes_app.seed_redis import seed_sessions
@@ -50,12 +51,6 @@ out["maxrss_mb"] = usage.ru_maxrss / 1024
 out["cpu"] = usage.ru_utime + usage.ru_stime
 print(json.dumps(out))
 """
-
-
-def server_cpu_seconds(client: redis.Redis) -> float:
-    """CPU time the redis-server has used (user + system)."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def child(op: str, url: str, path: Path, batch: int) -> dict[str, float]:

@@ -30,28 +30,10 @@ from pathlib import Path
 
 import redis
 from _common import REPO_ROOT, redis_server, scratch_db, server_url
+from _redis_sessions import CONFIG, server_cpu_seconds, session_v2
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "app"))
 from notes_app.seed_redis import encode, iter_sessions, seed_sessions
-
-CONFIG = """
-[service]
-name = "notes-bench"
-
-[postgres]
-url_env = "NOTES_DATABASE_URL"
-
-[redis]
-url_env = "NOTES_REDIS_URL"
-patterns = ["sess:*", "session:*"]
-migrations = "{migrations}"
-batch_size = {batch_size}
-"""
-
-
-def server_cpu_seconds(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def naive(client: redis.Redis) -> tuple[int, float]:
@@ -64,13 +46,7 @@ def naive(client: redis.Redis) -> tuple[int, float]:
         if raw is None:
             continue
         value = json.loads(raw)
-        new = {
-            "user_id": value["userId"],
-            "created_at": value["createdAt"],
-            "last_seen": value["lastSeen"],
-            "user_agent": value["userAgent"],
-            "theme": "light",
-        }
+        new = session_v2(value)
         suffix = key[len(b"sess:") :]
         client.set(
             b"session:" + suffix,

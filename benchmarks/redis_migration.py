@@ -23,29 +23,10 @@ from pathlib import Path
 
 import redis
 from _common import REPO_ROOT, redis_server, scratch_db, server_url
+from _redis_sessions import CONFIG, server_cpu_seconds, session_v2
 
 sys.path.insert(0, str(REPO_ROOT / "examples" / "app"))
 from notes_app.seed_redis import seed_sessions
-
-CONFIG = """
-[service]
-name = "notes-bench"
-
-[postgres]
-url_env = "NOTES_DATABASE_URL"
-
-[redis]
-url_env = "NOTES_REDIS_URL"
-patterns = ["sess:*", "session:*"]
-migrations = "{migrations}"
-batch_size = {batch_size}
-"""
-
-
-def server_cpu_seconds(client: redis.Redis) -> float:
-    """CPU time the redis-server has used (user + system)."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def naive(client: redis.Redis) -> tuple[int, float]:
@@ -58,13 +39,7 @@ def naive(client: redis.Redis) -> tuple[int, float]:
         if raw is None:
             continue
         value = json.loads(raw)
-        new = {
-            "user_id": value["userId"],
-            "created_at": value["createdAt"],
-            "last_seen": value["lastSeen"],
-            "user_agent": value["userAgent"],
-            "theme": "light",
-        }
+        new = session_v2(value)
         new_key = b"session:" + key[len(b"sess:") :]
         client.set(new_key, json.dumps(new, separators=(",", ":")), px=pttl if pttl > 0 else None)
         client.delete(key)
