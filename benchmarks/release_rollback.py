@@ -10,9 +10,9 @@ The images are built (offline when no registry answers) when missing, as
 
 1. **Rollback time** (``--runs``, median): ``notes:v3-bad`` is released again and again
    while a Redis data migration is pending (``migrations/redis/0002``, added to the
-   temporary copy: every session gains a field; its ``down`` removes it), so every
-   rollback undoes a real data change and then verifies all stores against the
-   pre-release manifest. The SLO gate is short (``--gate-s-short``): its own length is
+   temporary copy: every session is copied under a new prefix with a field more), so
+   every rollback undoes a real data change and then verifies all stores against the
+   pre-release backup, by content. The SLO gate is short (``--gate-s-short``): its own length is
    not measured (nor compared with blue's: the absolute thresholds fail v3-bad's
    +250 ms by themselves). From the ledger's event times (``releasegate.events.at``):
 
@@ -164,26 +164,19 @@ check_interval = "1s"
 report_dir = "state/reports"
 """
 
-# A pending data migration for the v3-bad releases: undone by every rollback.
+# A pending data migration for the v3-bad releases: its expand (a copy of every session
+# under a new prefix) is undone by every rollback.
 REDIS_MIGRATION = '''\
-"""Every session gains a ``bench_tag`` field; ``down`` removes it (benchmark only)."""
+"""Every session is copied to ``benchsess:`` with a ``bench_tag`` field (benchmark only)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from releasegate.migrations.redis import field_map
+from releasegate.migrations.redis import KeyMove, field_map
 
 tag = field_map({}, defaults={"bench_tag": "release-rollback"})
 untag = field_map({}, drop=("bench_tag",))
 
-
-def up(ctx: Any) -> None:
-    ctx.transform_json("session:*", tag)
-
-
-def down(ctx: Any) -> None:
-    ctx.transform_json("session:*", untag)
+MOVES = [KeyMove("session:*", "session:", "benchsess:", up=tag, down=untag)]
 '''
 REDIS_MIGRATION_NAME = "0002_sessions_bench_tag.py"
 
@@ -559,7 +552,7 @@ class RollbackRun:
     stopped_s: float
     verified_s: float
     undo: list[tuple[str, float]]
-    restored: list[str]
+    kept: int  # changes the rollback kept on purpose (e.g. an irreversible revision)
     polled: dict[str, int]
     problems: list[str]
 
@@ -590,7 +583,7 @@ def rollback_run(bench: Bench, gate_s: float) -> RollbackRun:
             to_live = elapsed
         if step["name"].startswith("stop "):
             stopped = elapsed
-    restored = list(section.get("restored_from_backup", []))
+    kept = len(section.get("kept", []))
     problems = [
         f"{c['store']} {c['item']}: expected {c['expected']}, found {c['actual']}"
         for c in section.get("verification", {}).get("checks", [])
@@ -606,7 +599,7 @@ def rollback_run(bench: Bench, gate_s: float) -> RollbackRun:
         stopped_s=stopped,
         verified_s=seconds_between(gate["at"], rollback["at"]),
         undo=undo,
-        restored=restored,
+        kept=kept,
         polled=dict(poller.colors),
         problems=problems,
     )
@@ -627,7 +620,7 @@ def report_rollback(runs: list[RollbackRun], gate_s: float) -> None:
     )
     print(
         f"   {'release':>7}  {'failed at':<9} {'exit':>4}  {'live 100%':>9}  {'new stopped':>11}"
-        f"  {'verified':>8}  {'restored':<8}  poller through the router"
+        f"  {'verified':>8}  {'kept':<8}  poller through the router"
     )
     for run in runs:
         kept = "0 (kept)" if run.to_live_s is None else f"{run.to_live_s:.2f} s"
@@ -635,10 +628,10 @@ def report_rollback(runs: list[RollbackRun], gate_s: float) -> None:
             f"{'live ' if k == run.live else 'new ' if k == run.new else ''}{k} {v}"
             for k, v in sorted(run.polled.items())
         )
-        restored = ",".join(run.restored) or "-"
+        kept_changes = str(run.kept) if run.kept else "-"
         print(
             f"   {run.release_id:>7}  {run.failed_step or '-':<9} {run.code:>4}  {kept:>9}"
-            f"  {run.stopped_s:9.2f} s  {run.verified_s:6.2f} s  {restored:<8}  {colors}"
+            f"  {run.stopped_s:9.2f} s  {run.verified_s:6.2f} s  {kept_changes:<8}  {colors}"
         )
         for problem in run.problems:
             print(f"            verification: {problem}")
