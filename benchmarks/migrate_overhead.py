@@ -35,7 +35,9 @@ def main() -> None:
             "alembic upgrade head": lambda: timed(
                 [str(BIN / "alembic"), "-c", ini, "upgrade", "head"]
             ),
-            "releasegate migrate up": lambda: timed([str(BIN / "releasegate"), "migrate", "up"]),
+            "releasegate migrate up": lambda: timed(
+                [str(BIN / "releasegate"), "migrate", "up", "--store", "postgres"]
+            ),
         },
     )
     for name, values in samples.items():
