@@ -6,6 +6,7 @@
 # a shell):
 #
 #   RG_IMAGE RG_VERSION RG_ENVIRONMENT RG_CONFIG RG_GATE_PROFILE RG_TARGET RG_QDRANT RG_SEED
+#   RG_BASELINE RG_PROMOTED_IN
 #   DOCKER_HOST DATABASE_URL REDIS_URL QDRANT_URL   (remote target: secrets; only checked
 #                                                    for presence, never printed)
 #
@@ -23,7 +24,23 @@ config="${RG_CONFIG:-releasegate.toml}"
 profile="${RG_GATE_PROFILE:-config}"
 target="${RG_TARGET:-ephemeral}"
 qdrant="${RG_QDRANT:-service}"
-seed="${RG_SEED:-example}"
+seed="${RG_SEED:-none}"
+baseline="${RG_BASELINE:-previous}"
+promoted_in="${RG_PROMOTED_IN:-}"
+
+action="${RG_ACTION:-release}"
+release_id="${RG_RELEASE:-}"
+
+# rollback.yml: a release id and a persistent target instead of an image and a version.
+if [ "$action" = rollback ]; then
+  if ! [[ "$release_id" =~ ^[1-9][0-9]{0,17}$ ]]; then
+    problem "input release '$release_id' is not a release id: give the number releasegate history shows"
+  fi
+  if [ "$target" != remote ]; then
+    problem "input target '$target': only a remote target outlives its release job; an ephemeral one has nothing to roll back"
+  fi
+  image=rollback version=HEAD profile=config
+fi
 
 # Image: a repository name without tag or digest (the version becomes the tag).
 if [ -z "$image" ]; then
@@ -35,6 +52,11 @@ if [ -z "$environment" ]; then
   problem "input environment is empty: name the GitHub environment, e.g. staging"
 elif ! [[ "$environment" =~ ^[A-Za-z0-9._-]+$ ]]; then
   problem "input environment '$environment' may hold only letters, digits, '.', '_' and '-'"
+fi
+if [ -n "$promoted_in" ] && ! [[ "$promoted_in" =~ ^[A-Za-z0-9._-]+$ ]]; then
+  problem "input promoted-in '$promoted_in' is not an environment name"
+elif [ -n "$promoted_in" ] && [ "$promoted_in" = "$environment" ]; then
+  problem "input promoted-in names the environment being released ($environment): name the earlier one, e.g. staging"
 fi
 case "$profile" in config | quick | long) ;; *)
   problem "input gate-profile '$profile' is unknown: use config, quick or long" ;;
@@ -99,6 +121,14 @@ if [ "$target" = remote ]; then
     problem "target remote needs the secrets ${missing[*]}: pass them in the caller's secrets: block"
   fi
 elif [ "$target" = ephemeral ]; then
+  case "$baseline" in
+    previous | none) ;;
+    *)
+      if ! [[ "$baseline" =~ ^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$ ]]; then
+        problem "input baseline '$baseline' is neither previous, none nor an image reference"
+      fi
+      ;;
+  esac
   case "$seed" in
     example | none) ;;
     *)
@@ -119,4 +149,8 @@ if [ ${#problems[@]} -gt 0 ]; then
   echo "preflight failed: nothing was built or deployed" >&2
   exit 2
 fi
-echo "preflight ok: $image:$version -> $environment ($target, qdrant $qdrant, gate $profile)"
+if [ "$action" = rollback ]; then
+  echo "preflight ok: roll back release $release_id of $environment ($target, qdrant $qdrant)"
+else
+  echo "preflight ok: $image:$version -> $environment ($target, qdrant $qdrant, gate $profile)"
+fi

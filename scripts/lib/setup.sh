@@ -121,3 +121,38 @@ ensure_base_image() {
   start_docker
   "$REPO_ROOT/scripts/build-base-image.sh" "$@"
 }
+
+start_registry() {
+  # A distribution registry (v2) on 127.0.0.1:$REGISTRY_PORT for the act rehearsals: the
+  # release workflow pushes the image there and later runs pull it by digest. Its storage
+  # lives until the machine goes; `start_registry --fresh` empties it first.
+  REGISTRY_PORT="${RELEASEGATE_ACT_REGISTRY_PORT:-35000}"
+  local dir=/var/lib/releasegate/act-registry
+  apt_install docker-registry
+  if [ "${1:-}" = --fresh ]; then
+    pkill -f "docker-registry serve $dir/config.yml" 2>/dev/null || true
+    sleep 0.5
+    rm -rf "$dir/storage"
+  fi
+  if ! curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1; then
+    mkdir -p "$dir/storage" /var/log/releasegate
+    cat >"$dir/config.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+YML
+    log "starting a registry on 127.0.0.1:$REGISTRY_PORT"
+    (nohup docker-registry serve "$dir/config.yml" >/var/log/releasegate/registry.log 2>&1 &)
+    for _ in $(seq 1 50); do
+      curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 ||
+      { tail -n 20 /var/log/releasegate/registry.log >&2; return 1; }
+  fi
+}

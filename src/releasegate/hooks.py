@@ -3,14 +3,16 @@
 The ``[hooks]`` table of the config names them::
 
     [hooks]
-    after_gate = [".venv/bin/python", "scripts/cleanup_synthetic.py"]
+    after_gate = ["{python}", "scripts/cleanup_synthetic.py"]
     after_watch = "scripts/notify.sh --quiet"     # one string: split like a shell, no shell
     timeout = "2m"
 
 - A command is a list of arguments, or one string split by :func:`shlex.split`. Neither
   form goes through a shell (no pipes, globs or ``$VAR`` expansion). A first argument
   with a ``/`` that is not absolute is relative to the config file's folder, which is
-  also the working directory.
+  also the working directory. A first argument ``{python}`` is the interpreter releasegate
+  runs on, so a hook may use releasegate's own dependencies wherever it is installed
+  (a CI job installs it in a virtualenv of its own).
 - The command gets the process environment plus ``RELEASEGATE_RELEASE_ID``,
   ``RELEASEGATE_SYNTHETIC_MARKER`` (the ``X-Releasegate-Synthetic`` value the gate's
   requests carried) and ``RELEASEGATE_COLOR`` (the color the gate ran against; empty
@@ -31,6 +33,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -106,9 +109,14 @@ def _register_store_secrets(settings: Settings) -> None:
         register_secret(settings.env.get(raw.qdrant.api_key_env))
 
 
+PYTHON_PLACEHOLDER = "{python}"
+
+
 def _argv(settings: Settings, command: list[str]) -> list[str]:
     program = command[0]
-    if "/" in program and not os.path.isabs(program):
+    if program == PYTHON_PLACEHOLDER:
+        program = sys.executable
+    elif "/" in program and not os.path.isabs(program):
         program = str(settings.root / program)
     return [program, *command[1:]]
 

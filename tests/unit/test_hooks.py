@@ -146,6 +146,14 @@ def test_a_relative_program_is_relative_to_the_config_folder(tmp_path: Path) -> 
     assert result.stdout_tail.strip() == "relative ok ['one']"
 
 
+def test_python_placeholder_is_releasegate_s_own_interpreter(tmp_path: Path) -> None:
+    script(tmp_path, "which.py", "import sys\nprint(sys.executable)\n")
+    hooks = settings(tmp_path, 'after_gate = ["{python}", "which.py"]\n')
+    result = ran(run_hook(hooks, "after_gate", release_id=1, color="green"))
+    assert result.ok, result.to_dict()
+    assert result.stdout_tail.strip() == sys.executable
+
+
 def test_failure_output_is_kept_as_tails_and_redacted(tmp_path: Path) -> None:
     noisy = script(
         tmp_path,

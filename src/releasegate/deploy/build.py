@@ -47,6 +47,9 @@ OfflineMode = Literal["auto", "always", "never"]
 PROBE_TIMEOUT_S = 3.0
 WHEELS_DIR = "wheels"
 LABEL_PREFIX = "org.opencontainers.image"
+# The Postgres head revision the image's code expects: a rehearsal that deploys this image
+# as the baseline migrates an empty database to exactly that revision first.
+MIGRATION_HEAD_LABEL = "releasegate.migrations.postgres"
 # The tag's part after the colon: Docker allows [A-Za-z0-9_.-], at most 128 characters.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?\s*$", re.IGNORECASE)
@@ -299,6 +302,16 @@ def _stream_build(
     return image_id
 
 
+def postgres_head(settings: Settings) -> str | None:
+    """The single head of the source tree's Alembic chain, or None without one."""
+    if not settings.migrations_dir.is_dir():
+        return None
+    from releasegate.migrations.project import AlembicProject
+
+    heads = AlembicProject(settings).heads()
+    return heads[0] if len(heads) == 1 else None
+
+
 def build(
     settings: Settings,
     *,
@@ -367,6 +380,8 @@ def build(
         title=repository,
         base_name=base_image,
     )
+    if head := postgres_head(settings):
+        labels[MIGRATION_HEAD_LABEL] = head
     if on_log:
         on_log(
             f"building {all_tags[0]} ({'offline' if chosen.offline else 'registry'} mode:"
