@@ -98,6 +98,7 @@ started=$SECONDS
   -P ubuntu-latest=releasegate/act-runner:bookworm \
   --pull=false --action-offline-mode \
   --local-repository "actions/upload-artifact@ea165f8d65b6e75b540449e92b4886f43607fa02=$REPO_ROOT/scripts/ci/act-actions/upload-artifact" \
+  --local-repository "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683=$REPO_ROOT/scripts/ci/act-actions/checkout" \
   --container-daemon-socket /var/run/docker.sock \
   --network host \
   --var RELEASEGATE_POSTGRES_IMAGE=releasegate/act-postgres:15 \
