@@ -36,6 +36,7 @@ from pathlib import Path
 from releasegate.config import Settings
 from releasegate.db import first_line
 from releasegate.errors import ConfigError, InfraError
+from releasegate.hooks import PYTHON_PLACEHOLDER
 
 
 def _migration_folders(settings: Settings) -> list[str]:
@@ -104,6 +105,8 @@ def _hook_programs(settings: Settings) -> list[str]:
         if command is None:
             continue
         program = command[0]
+        if program == PYTHON_PLACEHOLDER:
+            continue
         if "/" in program:
             path = settings.resolve_path(Path(program))
             if not path.is_file() or not os.access(path, os.X_OK):
