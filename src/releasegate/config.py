@@ -337,6 +337,9 @@ class ReleaseSection(Section):
     # "postgres:public.users", "qdrant:documents"): the rollback's verification reports a
     # changed pre-release item there instead of failing. A missing one always fails.
     live_updates: list[str] = Field(default_factory=list)
+    # Contract revisions wait for --allow-contract, or apply by themselves in a later
+    # release once the first release that deferred them has been live this long.
+    contract_bake: Duration | None = None
 
     @field_validator("watch_thresholds")
     @classmethod

@@ -68,23 +68,30 @@ def test_dry_run_and_a_blocked_contract_change_nothing(release_env: ReleaseEnv) 
     assert data["plan"]["expand"] == ["0003", "0004", "0005"]
     assert data["plan"]["contract"] == ["0006"]
     assert env.releases(kind="dry-run")[-1]["outcome"] == "dry_run"
-    # A dry run reports the pending contract revision as blocking without the flag.
+    # Without the flag the contract revision is deferred to a later release.
     dry = env.run("release", "--image", "notes:v2", "--dry-run", "--json")
-    assert dry.returncode == 1, dry.stdout + dry.stderr
-    assert json.loads(dry.stdout)["outcome"] == "blocked"
-    assert env.releases(kind="dry-run")[-1]["outcome"] == "blocked"
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    data = json.loads(dry.stdout)
+    assert data["outcome"] == "dry_run"
+    assert data["plan"]["contract"] == [] and data["plan"]["deferred"] == ["0006"]
+    assert "--allow-contract" in data["plan"]["deferred_reason"]
     assert env.releases() == []  # dry runs are no releases
 
-    # 0006 (contract) is pending: without --allow-contract the release stops at plan.
+    # An expand revision queued behind the deferred contract (the new version may need
+    # it): the release stops at plan, exit 2, one line, nothing changed.
+    env.add_migration("postgres/versions", "0007_after_the_contract.py", EXPAND_AFTER_CONTRACT)
     blocked = env.run("release", "--image", "notes:v2", "--json")
-    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    (env.root / "migrations/postgres/versions/0007_after_the_contract.py").unlink()
+    assert blocked.returncode == 2, blocked.stdout + blocked.stderr
     data = json.loads(blocked.stdout)
     assert data["outcome"] == "failed"
     assert [(s["name"], s["status"]) for s in data["steps"]] == [
         ("preflight", "ok"),
         ("plan", "failed"),
     ]
-    assert "0006" in data["error"] and "nothing was changed" in data["error"]
+    assert "0007" in data["error"] and "nothing was changed" in data["error"]
+    errors = [line for line in blocked.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, blocked.stderr
     row = env.last_release()
     assert row["outcome"] == "failed"
     assert not (env.root / ".releasegate" / "backups").exists() or not any(
@@ -103,6 +110,24 @@ def test_dry_run_and_a_blocked_contract_change_nothing(release_env: ReleaseEnv) 
     assert json.loads(refused.stdout)["steps"][-1]["name"] == "plan"
     assert _snapshot(env) == before
 
+
+EXPAND_AFTER_CONTRACT = '''"""Test: a column added after the contract revision 0006."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+releasegate_phase = "expand"
+
+
+def upgrade() -> None:
+    op.add_column("users", sa.Column("nickname", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("users", "nickname")
+'''
 
 NO_DOWN_MOVE = '''"""Test: sessions move to the v2 layout with no way back."""
 

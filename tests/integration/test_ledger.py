@@ -359,3 +359,22 @@ def test_a_version_1_ledger_is_upgraded_in_place(pg_url: str) -> None:
         assert ledger.ensure_schema() == LATEST_VERSION - 1
         [old] = ledger.releases("notes")
     assert old.performer == "old" and old.parent_id is None
+
+
+def test_first_deferral_is_the_first_succeeded_release_that_deferred_it(ledger: Ledger) -> None:
+    assert ledger.first_deferral("notes", "0006") is None
+    failed = ledger.start_release("notes", "release", "ci")
+    ledger.merge_summary(failed, {"plan": {"deferred": ["0006"]}})
+    ledger.finish_release(failed, Outcome.ROLLED_BACK)
+    assert ledger.first_deferral("notes", "0006") is None  # never live
+    first = ledger.start_release("notes", "release", "ci")
+    ledger.merge_summary(first, {"plan": {"deferred": ["0006"]}})
+    ledger.finish_release(first, Outcome.SUCCEEDED)
+    later = ledger.start_release("notes", "release", "ci")
+    ledger.merge_summary(later, {"plan": {"deferred": ["0006", "0007"]}})
+    ledger.finish_release(later, Outcome.SUCCEEDED)
+    since = ledger.first_deferral("notes", "0006")
+    first_row = ledger.release(first)
+    assert first_row is not None and since == first_row.finished_at
+    assert ledger.first_deferral("notes", "0007") == ledger.release(later).finished_at  # type: ignore[union-attr]
+    assert ledger.first_deferral("other", "0006") is None

@@ -346,6 +346,19 @@ class Ledger:
             rows = [Release(**{**r.__dict__, "events": self.events(r.id)}) for r in rows]
         return rows
 
+    def first_deferral(self, service: str, revision: str) -> datetime | None:
+        """When the first succeeded release of ``service`` that deferred the contract
+        ``revision`` finished: since then the service has run without what it removes."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT min(finished_at) FROM {LEDGER_SCHEMA}.releases"
+                " WHERE service = %s AND kind = 'release' AND outcome = 'succeeded'"
+                " AND summary -> 'plan' -> 'deferred' ? %s",
+                (service, revision),
+            )
+            row = cur.fetchone()
+        return row[0] if row else None
+
     def release(self, release_id: int) -> Release | None:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT * FROM {LEDGER_SCHEMA}.releases WHERE id = %s", (release_id,))

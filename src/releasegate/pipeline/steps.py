@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from releasegate.config import format_duration
 from releasegate.errors import ExitCode
 from releasegate.pipeline.context import (
     BACKUP,
@@ -117,20 +119,23 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
         if not rev.runs_before_promotion:  # contract, or a phase that cannot be told
             break
         expand.append(rev.id)
-    contract = [r.id for r in pg.revisions[len(expand) :]]
+    queued = [r.id for r in pg.revisions[len(expand) :]]
+    contract, why_deferred = contract_decision(ctx, queued)
+    deferred = [rev for rev in queued if rev not in contract]
     # Kept by a rollback before promotion (blue is compatible with them by the rule).
     irreversible = [r.id for r in pg.revisions[: len(expand)] if r.irreversible_reason]
     sections.update(
-        expand=expand,
-        contract=contract,
-        irreversible=irreversible,
-        blocked=bool(contract and not ctx.options.allow_contract),
+        expand=expand, contract=contract, deferred=deferred, irreversible=irreversible
     )
+    if deferred:
+        sections["deferred_reason"] = why_deferred
     ctx.sections["plan"] = sections
     pending = {name: len(s.get("pending", [])) for name, s in sections.items() if name in others}
     summary = f"postgres {len(expand)} expand/data + {len(contract)} contract" + "".join(
         f", {name} {n}" for name, n in pending.items()
     )
+    if deferred:
+        summary += f"; deferred {', '.join(deferred)} ({why_deferred})"
     if pg.lint_failed:
         return StepOutcome(False, f"lint reached fail_on = {pg.fail_on}: {summary}", sections)
     problems = stores.expand_problems(settings, list(others))
@@ -142,19 +147,72 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
             {"problems": problems, "exit_code": int(ExitCode.USAGE)},
         )
-    if contract and not ctx.options.allow_contract:
+    behind = [r.id for r in pg.revisions if r.id in deferred and r.runs_before_promotion]
+    if behind:
+        # The new version may need them, and they cannot run before the contract ahead.
         return StepOutcome(
             False,
-            f"contract revisions {', '.join(contract)} cannot be rolled back automatically:"
-            " release with --allow-contract (they run at finalize, after the old version stops)",
-            {"contract": contract},
+            f"revisions {', '.join(behind)} run before promotion but wait behind contract"
+            f" revision {deferred[0]}: release the contract first (--allow-contract)",
+            {"deferred": deferred, "exit_code": int(ExitCode.USAGE)},
         )
     # What finalize needs if the release is resumed after promotion (see run.resume).
     ctx.ledger.merge_summary(
         ctx.release_id,
-        {"plan": {"expand": expand, "contract": contract, "irreversible": irreversible}},
+        {
+            "plan": {
+                "expand": expand,
+                "contract": contract,
+                "deferred": deferred,
+                "irreversible": irreversible,
+            }
+        },
     )
-    return StepOutcome(True, summary, {"expand": expand, "contract": contract})
+    return StepOutcome(
+        True, summary, {"expand": expand, "contract": contract, "deferred": deferred}
+    )
+
+
+def contract_decision(ctx: ReleaseContext, queued: list[str]) -> tuple[list[str], str]:
+    """Which queued contract revisions run at this release's finalize, and why the others
+    wait (see :func:`contract_timing`)."""
+    bake = ctx.settings.raw.release.contract_bake
+    since = None
+    if queued and not ctx.options.allow_contract and bake is not None:
+        since = ctx.ledger.first_deferral(ctx.settings.service, queued[0])
+    return contract_timing(queued, ctx.options.allow_contract, bake, since, datetime.now(UTC))
+
+
+def contract_timing(
+    queued: list[str],
+    allow_contract: bool,
+    bake: float | None,
+    deferred_since: datetime | None,
+    now: datetime,
+) -> tuple[list[str], str]:
+    """All queued contract revisions run with --allow-contract; with a bake time, once
+    the service has run without what they remove that long (an earlier promoted release
+    deferred them ``deferred_since``); else none, and the reason they wait."""
+    if not queued or allow_contract:
+        return queued, ""
+    if bake is None:
+        return [], "contract revisions run with --allow-contract"
+    if deferred_since is None:
+        return [], f"baking {format_duration(bake)} from this release's promotion"
+    ready = deferred_since + timedelta(seconds=bake)
+    if now < ready:
+        return [], f"baking until {ready:%Y-%m-%d %H:%M} UTC"
+    return queued, ""
+    bake = ctx.settings.raw.release.contract_bake
+    if bake is None:
+        return [], "contract revisions run with --allow-contract"
+    since = ctx.ledger.first_deferral(ctx.settings.service, queued[0])
+    if since is None:
+        return [], f"baking {format_duration(bake)} from this release's promotion"
+    ready = since + timedelta(seconds=bake)
+    if datetime.now(UTC) < ready:
+        return [], f"baking until {ready:%Y-%m-%d %H:%M} UTC"
+    return queued, ""
 
 
 # -- changes ------------------------------------------------------------------------------

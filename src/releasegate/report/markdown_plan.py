@@ -138,6 +138,10 @@ def plan_section(r: Mapping[str, Any], budget: Budget) -> list[str]:
     if contract:
         shown = ", ".join(contract)
         notes.append(f"Contract revisions (cannot be rolled back automatically): {shown}.")
+    deferred = [code_span(c) for c in as_list(plan.get("deferred"))]
+    if deferred:
+        reason = as_text(plan.get("deferred_reason"))
+        notes.append(f"Deferred to a later release ({reason}): {', '.join(deferred)}.")
     if notes:
         lines += ["", " ".join(notes)]
     for store in STORES:

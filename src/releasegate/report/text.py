@@ -36,6 +36,9 @@ def _text_plan(plan: Mapping[str, Any]) -> str | None:
     contract = [as_text(c) for c in as_list(plan.get("contract"))]
     if contract:
         text += f" (contract: {', '.join(contract)})"
+    deferred = [as_text(c) for c in as_list(plan.get("deferred"))]
+    if deferred:
+        text += f" (deferred: {', '.join(deferred)}: {as_text(plan.get('deferred_reason'))})"
     return text + ("; BLOCKED" if plan.get("blocked") else "")
 
 
