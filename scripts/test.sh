@@ -21,6 +21,7 @@ ensure_python_env
 start_postgres
 start_redis
 start_docker
+start_registry
 install_load_tools
 cd "$REPO_ROOT"
 

@@ -1,5 +1,6 @@
-"""The GitHub Actions workflows: schema, security rules, the preflight's bad-input checks,
-and (slow) a rehearsal of the staging release under act."""
+"""The GitHub Actions workflows: schema, security rules, the preflight's bad-input checks
+and the promoted-digest lookup against a real registry. The act runs of a separate caller
+repository are in test_caller_workflows.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
-NAMES = ["release.yml", "staging.yml", "production.yml", "ci.yml"]
+NAMES = [
+    "release.yml",
+    "rollback.yml",
+    "staging.yml",
+    "production.yml",
+    "production-rollback.yml",
+    "ci.yml",
+]
 PREFLIGHT = ROOT / "scripts" / "ci" / "preflight.sh"
 BIN = Path(sys.executable).parent
 
@@ -283,44 +290,80 @@ def test_workflow_command_shell_function_escapes_properties_and_message() -> Non
     assert bad.returncode == 2 and bad.stdout == ""
 
 
-# --- slow: the staging workflow under act, with local images only ------------------------
-
-REHEARSAL = ROOT / "scripts" / "ci" / "act-rehearsal.sh"
-STAGING_BUDGET_S = 8 * 60
+# --- rollback.yml's preflight, promoted-in and baseline ---------------------------------
 
 
-def _rehearse(variant: str) -> tuple[str, float, str]:
-    """Runs the rehearsal; returns (outcome, seconds, output)."""
-    started = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(REHEARSAL), variant],
-        capture_output=True,
-        text=True,
-        timeout=20 * 60,
-        cwd=ROOT,
+def test_preflight_of_a_rollback_needs_a_release_id_and_a_persistent_target(repo: Path) -> None:
+    ok = _preflight(
+        repo,
+        RG_ACTION="rollback",
+        RG_RELEASE="12",
+        RG_TARGET="remote",
+        RG_QDRANT="embedded",
+        RG_IMAGE="",
+        RG_VERSION="",
+        DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DATABASE_URL="postgresql://u:p@db/x",
+        REDIS_URL="redis://r/0",
     )
-    elapsed = time.monotonic() - started
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines and lines[-1].startswith("releasegate-outcome="), output[-4000:]
-    outcome = lines[-1].removeprefix("releasegate-outcome=")
-    timings = proc.stdout[proc.stdout.rfind("step timings:") :]
-    print(f"\n{variant}: {outcome} in {elapsed:.0f} s\n{timings}")
-    return outcome, elapsed, output
+    assert ok.returncode == 0, ok.stderr
+    assert "roll back release 12 of staging" in ok.stdout
+    bad = _preflight(repo, RG_ACTION="rollback", RG_RELEASE="12; rm -rf /", RG_IMAGE="")
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: input release '12; rm -rf /' is not a release id: give the number"
+        " releasegate history shows",
+        "error: input target 'ephemeral': only a remote target outlives its release job;"
+        " an ephemeral one has nothing to roll back",
+    ]
 
 
-@pytest.mark.slow
-def test_act_rehearsal_promotes_v2_and_rolls_back_v3_bad() -> None:
-    if shutil.which("docker") is None or not (BIN / "act").exists():
-        pytest.skip("needs docker and act (the dev extras)")
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.skip("no Docker engine")
+def test_preflight_checks_promoted_in_and_baseline(repo: Path) -> None:
+    assert _preflight(repo, RG_PROMOTED_IN="staging", RG_ENVIRONMENT="production").returncode == 0
+    same = _preflight(repo, RG_PROMOTED_IN="staging")
+    assert same.returncode == 2 and "names the environment being released" in same.stderr
+    assert _preflight(repo, RG_BASELINE="ghcr.io/acme/notes@sha256:" + "a" * 64).returncode == 0
+    bad = _preflight(repo, RG_BASELINE="yesterday's")
+    assert bad.returncode == 2
+    assert "input baseline 'yesterday's' is neither previous, none nor an image" in bad.stderr
 
-    outcome, elapsed, output = _rehearse("v2")
-    assert outcome == "succeeded", output[-6000:]
-    assert elapsed < STAGING_BUDGET_S, f"staging took {elapsed:.0f} s"
 
-    outcome, elapsed, output = _rehearse("v3-bad")
-    assert outcome == "rolled_back", output[-6000:]
-    assert elapsed < STAGING_BUDGET_S, f"staging took {elapsed:.0f} s"
+# --- the promoted digest, from a real registry -------------------------------------------
+
+IMAGE_SH = ROOT / "scripts" / "ci" / "image.sh"
+REGISTRY = "127.0.0.1:" + os.environ.get("RELEASEGATE_ACT_REGISTRY_PORT", "35000")
+
+
+def _registry_up() -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def test_a_version_staging_never_promoted_has_no_digest(repo: Path) -> None:
+    if not _registry_up():
+        pytest.skip(f"no registry on {REGISTRY} (scripts/test.sh starts one)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RG_", "GITHUB_"))}
+    env.update(
+        RG_IMAGE=f"{REGISTRY}/never-promoted-{os.getpid()}",
+        RG_VERSION="v1.0.0",
+        RG_PROMOTED_IN="staging",
+        GITHUB_OUTPUT=str(repo / "outputs"),
+    )
+    proc = subprocess.run(
+        ["bash", str(IMAGE_SH)], capture_output=True, text=True, env=env, cwd=repo
+    )
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "v1.0.0"], capture_output=True, text=True
+    ).stdout.strip()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: no promoted digest for v1.0.0: staging never promoted commit {commit}"
+        f" of {REGISTRY}/never-promoted-{os.getpid()}"
+    ]
+    assert not (repo / "outputs").exists()  # nothing for a release job to release
