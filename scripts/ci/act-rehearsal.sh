@@ -16,8 +16,10 @@
 # release or rollback job set it; `none` when act never got there). Exit status: 0 when
 # act ran, whatever the outcome. RELEASEGATE_ACT_LOG keeps the log in that file.
 #
-# The image goes to a registry on 127.0.0.1:35000 (RELEASEGATE_ACT_REGISTRY_PORT), so
-# later runs pull the digest an earlier one promoted. act puts the job container of a job
+# The image goes to a registry on 127.0.0.1:35000 (RELEASEGATE_ACT_REGISTRY_PORT), as
+# REGISTRY/SERVICE (RELEASEGATE_ACT_IMAGE), so later runs pull the digest an earlier one
+# promoted. A caller's production workflow runs on the ephemeral target until a remote
+# host is rehearsed (RELEASEGATE_PRODUCTION_TARGET=ephemeral). act puts the job container of a job
 # with services on a network of its own; the release job needs the host's network (the
 # colors and the router listen on 127.0.0.1 of the host, the service containers publish
 # their ports there), so --container-options gives it that. Ports: router 38080, colors
@@ -64,7 +66,7 @@ if [ -n "$caller" ]; then
     -W "$workflow" "$event" "${local_repos[@]}"
     --container-options "--network host -v $REPO_ROOT:/opt/releasegate-source:ro"
     --var RELEASEGATE_SOURCE=/opt/releasegate-source
-    --var "RELEASEGATE_IMAGE=$registry/$service"
+    --var "RELEASEGATE_IMAGE=${RELEASEGATE_ACT_IMAGE:-$registry/$service}"
     --var RELEASEGATE_PRODUCTION_TARGET=ephemeral
   )
   label="$service: $(basename "$workflow")"
