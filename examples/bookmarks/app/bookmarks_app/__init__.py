@@ -1,0 +1,1 @@
+"""The "bookmarks" service: a small FastAPI app over Postgres and Redis."""
