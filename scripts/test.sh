@@ -22,6 +22,7 @@ start_postgres
 start_redis
 start_docker
 start_registry
+ensure_compose
 install_load_tools
 cd "$REPO_ROOT"
 

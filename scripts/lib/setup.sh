@@ -112,6 +112,24 @@ start_docker() {
   fi
 }
 
+ensure_compose() {
+  # COMPOSE: the compose command, `docker compose` (v2 plugin) when the engine's CLI has
+  # it, else Debian's docker-compose 1.29 (installed when missing). RELEASEGATE_COMPOSE
+  # picks one ("docker compose" or "docker-compose").
+  local wanted="${RELEASEGATE_COMPOSE:-}"
+  if [ -z "$wanted" ]; then
+    if docker compose version >/dev/null 2>&1; then
+      wanted="docker compose"
+    else
+      wanted="docker-compose"
+    fi
+  fi
+  [ "$wanted" != "docker-compose" ] || command -v docker-compose >/dev/null 2>&1 ||
+    apt_install docker-compose
+  # shellcheck disable=SC2034 # used by the scripts that source this file
+  read -r -a COMPOSE <<<"$wanted"
+}
+
 install_load_tools() {
   apt_install haproxy wrk hey
 }
