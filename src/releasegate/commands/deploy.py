@@ -74,6 +74,7 @@ def build(
     """Build the service image, labelled and tagged with the git sha.
 
     The build log goes to stderr; the image id (what `deploy --image` takes) to stdout.
+    An offline build says on stderr where it wrote the wheels (wheels/ in the context).
     """
     from releasegate.deploy.build import build as build_image
 
@@ -89,6 +90,8 @@ def build(
     if as_json:
         echo_json(result.to_dict())
         return 0
+    if quiet and result.wheels is not None:  # else the streamed log said it already
+        _progress(result.wheels.summary())
     mode_text = "offline" if result.offline else "registry"
     _progress(
         f"built {', '.join(result.tags)} ({result.size_bytes / 1e6:.0f} MB, {mode_text} mode,"

@@ -26,6 +26,7 @@ import math
 import re
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from docker.errors import DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
 from releasegate.config import Settings
+from releasegate.deploy.build_hints import network_hint
 from releasegate.deploy.engine import connect, docker_message
 from releasegate.deploy.wheels import WheelsResult, build_wheels, find_python
 from releasegate.errors import CheckFailed, ConfigError, InfraError
@@ -50,6 +52,8 @@ LABEL_PREFIX = "org.opencontainers.image"
 # The Postgres head revision the image's code expects: a rehearsal that deploys this image
 # as the baseline migrates an empty database to exactly that revision first.
 MIGRATION_HEAD_LABEL = "releasegate.migrations.postgres"
+# Log lines kept for explaining a failure (pip prints its retries well above the error).
+FAILURE_CONTEXT_LINES = 400
 # The tag's part after the colon: Docker allows [A-Za-z0-9_.-], at most 128 characters.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?\s*$", re.IGNORECASE)
@@ -276,15 +280,26 @@ def _stream_build(
     client: docker.DockerClient,
     kwargs: dict[str, Any],
     on_log: Callable[[str], None] | None,
+    *,
+    dockerfile_text: str,
+    offline: bool,
 ) -> str:
-    """Run the build, passing its log lines on; return the image id."""
+    """Run the build, passing its log lines on; return the image id.
+
+    A failure whose log shows an unreachable registry or index says how to build
+    without one (:func:`releasegate.deploy.build_hints.network_hint`).
+    """
     image_id: str | None = None
     error: str | None = None
+    recent: deque[str] = deque(maxlen=FAILURE_CONTEXT_LINES)
     try:
         for chunk in client.api.build(**kwargs):
             if "stream" in chunk:
                 for line in str(chunk["stream"]).splitlines():
-                    if line.strip() and on_log:
+                    if not line.strip():
+                        continue
+                    recent.append(line)
+                    if on_log:
                         on_log(redact(line.rstrip()))
             elif "error" in chunk:
                 error = str(chunk.get("errorDetail", {}).get("message") or chunk["error"])
@@ -296,7 +311,10 @@ def _stream_build(
         raise InfraError(f"image build interrupted: {docker_message(exc)}") from None
     if error is not None:
         lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
-        raise CheckFailed(f"image build failed: {redact(lines[-1] if lines else error)}")
+        message = f"image build failed: {lines[-1] if lines else error}"
+        if hint := network_hint([*recent, *lines], dockerfile_text, offline=offline):
+            message += f"; {hint}"
+        raise CheckFailed(redact(message))
     if image_id is None:
         raise CheckFailed("image build finished without an image id")
     return image_id
@@ -340,11 +358,10 @@ def build(
     dockerfile = context / section.dockerfile
     if not dockerfile.is_file():
         raise ConfigError(f"Dockerfile not found: {dockerfile}")
+    dockerfile_text = dockerfile.read_text("utf-8")
     overrides = dict(build_args or {})
     user_args = {**section.build_args, **overrides}
-    chosen = choose_mode(
-        mode or section.offline, base_image_of(dockerfile.read_text("utf-8"), user_args)
-    )
+    chosen = choose_mode(mode or section.offline, base_image_of(dockerfile_text, user_args))
 
     client = client or connect()
     revision = git_sha(settings.root)
@@ -366,12 +383,14 @@ def build(
                     target_python=target,
                     on_log=on_log,
                 )
+                if on_log:
+                    on_log(wheels.summary())
     else:
         args["OFFLINE"] = "0"
     args["GIT_SHA"] = revision or "unknown"
     args |= overrides
     image_version = version or (revision[:12] if revision else "0.0.0-dev")
-    base_image = args.get("BASE_IMAGE") or base_image_of(dockerfile.read_text("utf-8"), args)
+    base_image = args.get("BASE_IMAGE") or base_image_of(dockerfile_text, args)
     labels = oci_labels(
         revision=revision,
         version=image_version,
@@ -403,6 +422,8 @@ def build(
             "network_mode": "none" if chosen.offline else None,
         },
         on_log,
+        dockerfile_text=dockerfile_text,
+        offline=chosen.offline,
     )
     try:
         for tag in all_tags[1:]:

@@ -74,6 +74,10 @@ _PROBE = (
 )
 
 
+def _count(wheels: list[str]) -> str:
+    return f"{len(wheels)} wheel{'' if len(wheels) == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class WheelsResult:
     """The wheels folder after :func:`build_wheels`."""
@@ -85,9 +89,26 @@ class WheelsResult:
     duration_s: float
     log_tail: list[str] = field(default_factory=list)
 
+    @property
+    def stamp(self) -> Path:
+        return self.directory / STAMP_NAME
+
+    def summary(self) -> str:
+        """One line on what the build context holds now, and where."""
+        if self.cached:
+            return (
+                f"wheels: reused the {_count(self.wheels)} in {self.directory}"
+                f" ({STAMP_NAME} matches the requirements)"
+            )
+        return (
+            f"wheels: wrote {_count(self.wheels)} and {STAMP_NAME} to {self.directory}"
+            " (inside the build context: keep wheels/ out of version control)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "directory": str(self.directory),
+            "stamp": str(self.stamp),
             "wheels": self.wheels,
             "cached": self.cached,
             "python_version": self.python_version,
