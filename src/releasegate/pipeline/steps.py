@@ -124,9 +124,7 @@ def plan(ctx: ReleaseContext) -> StepOutcome:
     deferred = [rev for rev in queued if rev not in contract]
     # Kept by a rollback before promotion (blue is compatible with them by the rule).
     irreversible = [r.id for r in pg.revisions[: len(expand)] if r.irreversible_reason]
-    sections.update(
-        expand=expand, contract=contract, deferred=deferred, irreversible=irreversible
-    )
+    sections.update(expand=expand, contract=contract, deferred=deferred, irreversible=irreversible)
     if deferred:
         sections["deferred_reason"] = why_deferred
     ctx.sections["plan"] = sections
@@ -201,16 +199,6 @@ def contract_timing(
         return [], f"baking {format_duration(bake)} from this release's promotion"
     ready = deferred_since + timedelta(seconds=bake)
     if now < ready:
-        return [], f"baking until {ready:%Y-%m-%d %H:%M} UTC"
-    return queued, ""
-    bake = ctx.settings.raw.release.contract_bake
-    if bake is None:
-        return [], "contract revisions run with --allow-contract"
-    since = ctx.ledger.first_deferral(ctx.settings.service, queued[0])
-    if since is None:
-        return [], f"baking {format_duration(bake)} from this release's promotion"
-    ready = since + timedelta(seconds=bake)
-    if datetime.now(UTC) < ready:
         return [], f"baking until {ready:%Y-%m-%d %H:%M} UTC"
     return queued, ""
 
