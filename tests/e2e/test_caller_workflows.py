@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from bookmarks_repo import advance, git, make_bookmarks_repo
 
 ROOT = Path(__file__).resolve().parents[2]
