@@ -22,6 +22,7 @@ WORKFLOWS = [
     ".github/workflows/releasegate-rollback.yml",
 ]
 WRITTEN = ["releasegate.toml", "smoke.toml", "loadtests/locustfile.py", *WORKFLOWS]
+OWN_FILES = ("releasegate.toml", "smoke.toml", "loadtests")
 
 
 def _tool(name: str) -> str:
@@ -53,11 +54,13 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture(params=EXAMPLES)
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A copy of the example as a repository before releasegate: its own releasegate
+    files (config, smoke file, load test) left out; the app and migrations kept."""
     folder = tmp_path / f"{request.param}-service"
     shutil.copytree(
         ROOT / "examples" / request.param,
         folder,
-        ignore=shutil.ignore_patterns("__pycache__", "wheels", ".pytest_cache"),
+        ignore=shutil.ignore_patterns("__pycache__", "wheels", ".pytest_cache", *OWN_FILES),
     )
     return folder
 
