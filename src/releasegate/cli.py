@@ -86,6 +86,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "releasegate.commands.ledger:ledger",
         "The release ledger's own setup (a separate owner role).",
     ),
+    "init": (
+        "releasegate.commands.init:init",
+        "Set up releasegate in a service repository.",
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from releasegate.errors import ConfigError
+from releasegate.naming import SERVICE_NAME_PATTERN
 from releasegate.secrets import check_url, mask_url, register_secret
 
 DEFAULT_CONFIG_NAME = "releasegate.toml"
@@ -88,7 +89,7 @@ EnvVarName = Annotated[str, BeforeValidator(lambda v: _env_name(str(v)))]
 
 
 class ServiceSection(Section):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    name: str = Field(pattern=SERVICE_NAME_PATTERN)
 
 
 class PostgresSection(Section):

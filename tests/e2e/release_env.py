@@ -4,7 +4,8 @@
 package, smoke checks, load test) into a folder, writes a config of its own (a unique
 service name, free ports, a short SLO gate, no watch window), seeds v1 data into the
 given database, Redis DB and embedded Qdrant, brings the router up, deploys
-``notes:v1`` as blue and promotes it. Everything is real: Postgres, Redis, Docker
+``notes:v1`` as blue and promotes it (``baseline=False``: none of that, for a first
+release). Everything is real: Postgres, Redis, Docker
 containers with host networking, HAProxy, Locust. Containers, the router and the
 router's saved state are removed afterwards.
 """
@@ -224,8 +225,9 @@ class ReleaseEnv:
             encoding="utf-8",
         )
 
-    def start(self) -> None:
-        """Seed v1 data, router up, blue v1 deployed and promoted."""
+    def start(self, *, baseline: bool = True) -> None:
+        """Seed v1 data; with ``baseline``, router up, blue v1 deployed and promoted (else
+        the router stays down and nothing runs: the next release is the first)."""
         self.copy_project()
         seed = subprocess.run(
             [
@@ -244,6 +246,8 @@ class ReleaseEnv:
             check=False,
         )
         assert seed.returncode == 0, seed.stdout + seed.stderr
+        if not baseline:
+            return
         for args in (
             ("router", "up"),
             ("deploy", "--color", "blue", "--image", "notes:v1", "--force"),
@@ -472,10 +476,12 @@ class Watcher(threading.Thread):
 
 
 @contextlib.contextmanager
-def open_release_env(root: Path, pg_url: str, redis_url: str) -> Iterator[ReleaseEnv]:
+def open_release_env(
+    root: Path, pg_url: str, redis_url: str, *, baseline: bool = True
+) -> Iterator[ReleaseEnv]:
     env = ReleaseEnv(root, pg_url, redis_url)
     try:
-        env.start()
+        env.start(baseline=baseline)
         yield env
     finally:
         env.close()

@@ -90,6 +90,8 @@ class ReleaseContext:
     previous_image: str | None = None
     live_before: str | None = None
     target: str | None = None
+    # No color was live and none ran: the release deploys blue with nothing beside it.
+    first_release: bool = False
     changes: list[dict[str, Any]] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # report sections by name
@@ -132,6 +134,7 @@ class ReleaseResult:
     sections: dict[str, Any]
     error: str | None = None
     kind: str = "release"
+    first_release: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -147,6 +150,7 @@ class ReleaseResult:
             "finished_at": self.finished_at,
             "duration_s": round(self.duration_s, 3),
             "colors": self.colors,
+            "first_release": self.first_release,
             "steps": self.steps,
             "error": self.error,
         }

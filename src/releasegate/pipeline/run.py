@@ -131,6 +131,7 @@ def _result(ctx: ReleaseContext, outcome: str, exit_code: int, error: str | None
         steps=[s.to_dict() for s in ctx.steps],
         sections=ctx.sections,
         error=error,
+        first_release=ctx.first_release,
     )
 
 
@@ -275,6 +276,7 @@ def _context_from(
         settings, options, ledger, release.id, held, release.performer, release.git_sha
     )
     ctx.changes = list(summary.get("changes", []))
+    ctx.first_release = bool(summary.get("first_release"))
     ctx.steps = [StepRecord(**s) for s in summary.get("steps", [])]
     ctx.image_digest = release.image_digest
     backup = next((c for c in ctx.changes if c["kind"] == "backup"), None)
@@ -291,7 +293,10 @@ def _context_from(
         ctx.previous_image = deploy.get("previous_image")
         from releasegate.router.state import other_color
 
-        ctx.live_before = switch["from"] if switch else other_color(deploy["color"])
+        if switch is not None:
+            ctx.live_before = switch["from"]
+        elif not ctx.first_release:
+            ctx.live_before = other_color(deploy["color"])
     return ctx
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from releasegate.config import format_duration
 from releasegate.errors import ExitCode
+from releasegate.pipeline import first_release
 from releasegate.pipeline.context import (
     BACKUP,
     CONTRACT,
@@ -25,6 +26,9 @@ from releasegate.pipeline.context import (
     ReleaseContext,
     StepOutcome,
 )
+
+if TYPE_CHECKING:
+    from releasegate.router.state import RouterState
 
 Step = Callable[[ReleaseContext], StepOutcome]
 
@@ -39,11 +43,17 @@ def _color_url(ctx: ReleaseContext, color: str) -> str:
 
 
 def preflight(ctx: ReleaseContext) -> StepOutcome:
-    """Every store, Docker and the router answer; the image exists; who is live."""
+    """Every store, Docker and the router answer; the image exists; who is live.
+
+    With no live color and no container of the service, the release is its first
+    (:mod:`releasegate.pipeline.first_release`): a router that is down is started (not in
+    a dry run) and blue is the target.
+    """
     from releasegate.deploy import containers
     from releasegate.deploy.engine import connect as docker_connect
     from releasegate.migrations import stores
-    from releasegate.router.state import other_color, router_status
+    from releasegate.router.config import COLORS
+    from releasegate.router.state import other_color
 
     settings = ctx.settings
     checks: dict[str, str] = {"postgres": "ok (ledger open)", "lock": "held"}
@@ -58,28 +68,44 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     ctx.ledger.update_release(ctx.release_id, git_sha=ctx.git_sha)
     checks["docker"] = "ok"
     checks["image"] = ctx.image_digest
-    state = router_status(settings)
-    checks["router"] = "ok"
-    ctx.live_before = state.live
-    if state.live is None:
-        return StepOutcome(
-            False,
-            "the router has no live color: deploy the first version and promote it"
-            " (releasegate deploy --color blue ...; releasegate router promote blue)",
-            {"checks": checks},
+    found = {color: containers.find_container(client, settings, color) for color in COLORS}
+    present = {color: str(c.status) for color, c in found.items() if c is not None}
+    state, router_note = _router_state(ctx, present)
+    checks["router"] = router_note
+    live = state.live if state is not None else None
+    verdict = first_release.judge(
+        first_release.Standing(
+            service=settings.service,
+            live=live,
+            live_healthy=live is not None and state is not None and state[live].healthy,
+            containers=present,
+            ports={color: containers.color_port(settings, color) for color in COLORS},
         )
-    if not state[state.live].healthy:
+    )
+    if verdict.refusal is not None:
+        # Containers in an unknown role: the infrastructure needs a human, not a retry.
         return StepOutcome(
-            False,
-            f"the live color {state.live} fails HAProxy's health check"
-            f" ({state[state.live].check}): nothing to fall back to",
-            {"checks": checks},
+            False, verdict.refusal, {"checks": checks, "exit_code": int(ExitCode.INFRA)}
         )
-    ctx.target = other_color(state.live)
-    live = containers.find_container(client, settings, state.live)
-    if live is not None:
-        image_id = live.image.id if live.image is not None else None
-        ctx.previous_image = (live.labels or {}).get("releasegate.image") or image_id
+    if verdict.first_release:
+        ctx.first_release = True
+        ctx.target = first_release.FIRST_COLOR
+        ctx.ledger.merge_summary(ctx.release_id, {"first_release": True})
+    else:
+        assert state is not None and live is not None
+        if not state[live].healthy:
+            return StepOutcome(
+                False,
+                f"the live color {live} fails HAProxy's health check"
+                f" ({state[live].check}): nothing to fall back to",
+                {"checks": checks},
+            )
+        ctx.live_before = live
+        ctx.target = other_color(live)
+        previous = found[live]
+        if previous is not None:
+            image_id = previous.image.id if previous.image is not None else None
+            ctx.previous_image = (previous.labels or {}).get("releasegate.image") or image_id
     rolled_back = ctx.ledger.conn.execute(
         "SELECT id FROM releasegate.releases WHERE service = %s AND image_digest = %s"
         " AND outcome = 'rolled_back' ORDER BY id DESC LIMIT 1",
@@ -93,11 +119,33 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
             {"checks": checks},
         )
     ctx.ledger.update_release(ctx.release_id, image_digest=ctx.image_digest)
-    return StepOutcome(
-        True,
-        f"all reachable; {state.live} is live, releasing to {ctx.target}",
-        {"checks": checks},
-    )
+    if ctx.first_release:
+        summary = f"all reachable; first release: no color is live, releasing to {ctx.target}"
+    else:
+        summary = f"all reachable; {live} is live, releasing to {ctx.target}"
+    return StepOutcome(True, summary, {"checks": checks})
+
+
+def _router_state(ctx: ReleaseContext, present: dict[str, str]) -> tuple[RouterState | None, str]:
+    """The router's state and a note for the checks table.
+
+    A router that is down is started when no container of the service exists (a first
+    release; a dry run only says it would be). With containers it is an error: whatever
+    they serve is out of reach.
+    """
+    from releasegate.errors import InfraError
+    from releasegate.router.manager import router_up
+    from releasegate.router.state import router_status
+
+    try:
+        return router_status(ctx.settings), "ok"
+    except InfraError:
+        if present:
+            raise
+    if ctx.options.dry_run:
+        return None, "not running: the release starts it"
+    started = router_up(ctx.settings)
+    return router_status(ctx.settings), f"started ({started.process})"
 
 
 def plan(ctx: ReleaseContext) -> StepOutcome:
@@ -290,10 +338,18 @@ def _fingerprint_after_migrate(ctx: ReleaseContext) -> None:
 
 
 def deploy(ctx: ReleaseContext) -> StepOutcome:
-    """The new image as the standby color, ready before anything else happens."""
+    """The new image as the standby color, ready before anything else happens.
+
+    In a first release the router first stops sending requests anywhere (a fresh router
+    sends them to blue), so that blue gets none before its gates pass.
+    """
     from releasegate.deploy import containers
 
     assert ctx.target is not None
+    if ctx.first_release:
+        from releasegate.router import switching
+
+        ctx.sections.setdefault("router", []).append(switching.withdraw(ctx.settings).to_dict())
     ctx.record_change(DEPLOY, color=ctx.target, previous_image=ctx.previous_image)
     result = containers.deploy(
         ctx.settings,
@@ -347,8 +403,14 @@ def slo_gate(ctx: ReleaseContext) -> StepOutcome:
     then the ``after_gate`` hook deletes what the gate's marked requests wrote."""
     from releasegate.gates.slo import run_gate
 
-    assert ctx.target is not None and ctx.live_before is not None
-    compare = _color_url(ctx, ctx.live_before) if ctx.settings.raw.slo.compare.enabled else None
+    assert ctx.target is not None
+    compare = None
+    uncompared = ""
+    if ctx.settings.raw.slo.compare.enabled:
+        if ctx.live_before is None:
+            uncompared = "; no live color to compare with (first release)"
+        else:
+            compare = _color_url(ctx, ctx.live_before)
     try:
         result = run_gate(
             ctx.settings,
@@ -363,7 +425,7 @@ def slo_gate(ctx: ReleaseContext) -> StepOutcome:
         cleanup = _after_hook(ctx, "after_gate", ctx.target)
     ctx.sections["slo"] = result.to_dict()
     summary = f"{result.verdict}: " + ("; ".join(result.reasons) or "every rule passed")
-    return StepOutcome(result.passed, summary + cleanup)
+    return StepOutcome(result.passed, summary + uncompared + cleanup)
 
 
 def _expanded(ctx: ReleaseContext) -> list[str]:
@@ -435,21 +497,25 @@ def watch(ctx: ReleaseContext) -> StepOutcome:
 
 
 def finalize(ctx: ReleaseContext) -> StepOutcome:
-    """Stop the old color after its drain window; contract revisions; prune old images."""
+    """Stop the old color after its drain window (a first release has none); contract
+    revisions; prune old images."""
     from releasegate.deploy import containers
     from releasegate.migrations import stores
-    from releasegate.router.state import wait_drained
 
-    assert ctx.live_before is not None
-    drain = ctx.settings.raw.deploy.drain
-    drained = wait_drained(ctx.settings, ctx.live_before, drain)
     expanded = _expanded(ctx)
-    if REDIS in expanded:
-        # What blue's last requests wrote while it drained.
-        stores.catch_up(ctx.settings, REDIS)
-    ctx.record_change(STOP_PREVIOUS, color=ctx.live_before, image=ctx.previous_image)
-    removed = containers.stop(ctx.settings, ctx.live_before)
-    notes = [f"{ctx.live_before} stopped" + ("" if drained else " (drain window ran out)")]
+    removed = None
+    if ctx.live_before is None:
+        notes = ["no previous color to stop (first release)"]
+    else:
+        from releasegate.router.state import wait_drained
+
+        drained = wait_drained(ctx.settings, ctx.live_before, ctx.settings.raw.deploy.drain)
+        if REDIS in expanded:
+            # What blue's last requests wrote while it drained.
+            stores.catch_up(ctx.settings, REDIS)
+        ctx.record_change(STOP_PREVIOUS, color=ctx.live_before, image=ctx.previous_image)
+        removed = containers.stop(ctx.settings, ctx.live_before)
+        notes = [f"{ctx.live_before} stopped" + ("" if drained else " (drain window ran out)")]
     contract = ctx.sections["plan"]["contract"]
     if contract or expanded:
         ctx.record_change(CONTRACT, revisions=contract, stores=expanded)

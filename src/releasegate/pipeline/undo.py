@@ -2,7 +2,7 @@
 
 Changes are undone newest first, from the release's undo log:
 
-1. traffic back to the previous color;
+1. traffic back to the previous color (after a first release: to no color);
 2. the new color stopped;
 3. Qdrant and Redis expansions undone. Before promotion the new layout holds only the
    release's copies and green's synthetic writes, so it is removed; after promotion green
@@ -87,11 +87,12 @@ def _step(report: UndoReport, name: str, action: Callable[[], Any], progress: Pr
     return status == "ok"
 
 
-def _switch_back(settings: Settings, color: str) -> dict[str, Any]:
+def _switch_back(settings: Settings, color: str | None) -> dict[str, Any]:
+    """Traffic back to ``color``; ``None`` (a first release) sends it to no color."""
     from releasegate.errors import InfraError
     from releasegate.router.manager import router_up
     from releasegate.router.state import router_status
-    from releasegate.router.switching import rollback
+    from releasegate.router.switching import rollback, withdraw
 
     try:
         router_status(settings)
@@ -101,7 +102,8 @@ def _switch_back(settings: Settings, color: str) -> dict[str, Any]:
         # Start it again (its saved state, else blue live) and then switch, so that
         # the traffic is verified on the previous color rather than left to a human.
         started = router_up(settings).started
-    result: dict[str, Any] = rollback(settings, color).to_dict()
+    switched = withdraw(settings) if color is None else rollback(settings, color)
+    result: dict[str, Any] = switched.to_dict()
     result["router_restarted"] = started
     return result
 
@@ -182,7 +184,9 @@ def undo_changes(
             previous = change["from"]
             _step(
                 report,
-                f"traffic back to {previous}",
+                f"traffic back to {previous}"
+                if previous
+                else "traffic to no color (first release)",
                 partial(_switch_back, settings, previous),
                 progress,
             )

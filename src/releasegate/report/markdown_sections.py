@@ -23,6 +23,7 @@ from releasegate.report.markdown_blocks import (
     table_rows,
 )
 from releasegate.report.values import (
+    FIRST_RELEASE,
     MAX_COMMAND,
     MAX_ERROR,
     as_list,
@@ -77,6 +78,8 @@ def headline_section(r: Mapping[str, Any]) -> list[str]:
         )
         shown = ", ".join(f"{label} {escape_text(colors.get(key)) or '-'}" for key, label in labels)
         bullets.append(f"- **Colors:** {shown}")
+    if r.get("first_release"):
+        bullets.append(f"- **First release:** {FIRST_RELEASE}")
     timing = f"- **Duration:** {format_seconds(r.get('duration_s'))}"
     if r.get("started_at"):
         timing += f" (started {escape_text(r.get('started_at'))}"

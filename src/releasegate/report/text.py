@@ -7,6 +7,7 @@ from typing import Any
 
 from releasegate.output import table
 from releasegate.report.values import (
+    FIRST_RELEASE,
     MAX_ERROR,
     STORES,
     as_list,
@@ -129,6 +130,8 @@ def render_text(result: Mapping[str, Any]) -> str:
         who.append(f"colors {before} -> {target}, live {after}")
     if who:
         lines.append("; ".join(who))
+    if r.get("first_release"):
+        lines.append(f"first release: {FIRST_RELEASE}")
     steps = as_maps(r.get("steps"))
     if steps:
         rows = [

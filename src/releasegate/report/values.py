@@ -26,6 +26,8 @@ STATUS_WORDS = {
     "blocked": "BLOCKED",
 }
 STORES = ("postgres", "redis", "qdrant")
+# What a first release's report says about it (result key ``first_release``).
+FIRST_RELEASE = "no color was live and none ran: the new version was deployed as blue, alone"
 
 
 def status_word(outcome: object) -> str:

@@ -1,4 +1,4 @@
-"""Switching traffic between blue and green: promote, rollback and canary weights.
+"""Switching traffic between blue and green: promote, rollback, canary weights, withdraw.
 
 Traffic moves only through the runtime API (:mod:`releasegate.router.runtime`), never by
 a reload, so a switch touches no open connection and takes one round trip on a unix
@@ -31,7 +31,7 @@ from releasegate.router.state import (
 class SwitchResult:
     """What a weight change, promote or rollback did."""
 
-    action: str  # weight, promote or rollback
+    action: str  # weight, promote, rollback or withdraw
     before: RouterState
     after: RouterState
     commands: list[str]
@@ -189,6 +189,16 @@ def rollback(
         wait,
         rollback=True,
     )
+
+
+def withdraw(settings: Settings) -> SwitchResult:
+    """Send no new request to either color: the router of a service with no live version.
+
+    Both colors get weight 0 (open connections finish). A first release does this before
+    it deploys blue, so that blue gets no traffic before its gates pass, and its rollback
+    returns to it; a later :func:`promote` makes a color live again.
+    """
+    return _switch(settings, "withdraw", dict.fromkeys(COLORS, 0), set(), None)
 
 
 def set_weight(
