@@ -73,7 +73,8 @@ def _act(repo: Path, workflow: str, *args: str) -> ActRun:
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("releasegate-outcome="), output[-4000:]
     timings = proc.stdout[proc.stdout.rfind("step timings:") :]
-    print(f"\n{Path(workflow).name} {' '.join(args)}: {last} in {seconds:.0f} s\n{timings}")
+    inputs = " ".join(arg for arg in args if arg.startswith(("version=", "release-id=")))
+    print(f"\n{Path(workflow).name} {inputs}: {last} in {seconds:.0f} s\n{timings}")
     return ActRun(last.removeprefix("releasegate-outcome="), seconds, output)
 
 
