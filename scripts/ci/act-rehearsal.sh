@@ -22,9 +22,7 @@
 # host is rehearsed (RELEASEGATE_PRODUCTION_TARGET=ephemeral). act puts the job container of a job
 # with services on a network of its own; the release job needs the host's network (the
 # colors and the router listen on 127.0.0.1 of the host, the service containers publish
-# their ports there), so --container-options gives it that. The router's runtime folder
-# is a short path of the job container: the workspace is the caller's path on this
-# machine, and HAProxy's admin socket path may not pass 97 characters. Ports: router 38080, colors
+# their ports there), so --container-options gives it that. Ports: router 38080, colors
 # 38081/38082 (RELEASEGATE_ACT_PORT_BASE), away from a local demo (18080-18082) and the
 # benchmarks (28080-28099).
 set -euo pipefail
@@ -113,7 +111,7 @@ started=$SECONDS
   --env "RELEASEGATE_ROUTER__BIND=127.0.0.1:$port" \
   --env "RELEASEGATE_DEPLOY__BLUE_PORT=$((port + 1))" \
   --env "RELEASEGATE_DEPLOY__GREEN_PORT=$((port + 2))" \
-  --env RELEASEGATE_ROUTER__RUNTIME_DIR=/tmp/releasegate-router-act \
+  --env RELEASEGATE_ROUTER__RUNTIME_DIR=.releasegate/router-act \
   "${extra[@]}" 2>&1 | tee "$log_file" || true
 echo "act-rehearsal: $label finished in $((SECONDS - started)) s"
 echo "step timings:"

@@ -16,6 +16,7 @@ from releasegate.config import Settings, load_config
 from releasegate.errors import ConfigError, InfraError
 from releasegate.router.config import (
     COLOR_HEADER,
+    MAX_SOCKET_PATH,
     filter_state_file,
     generate_config,
     haproxy_duration,
@@ -122,10 +123,21 @@ def test_same_port_for_both_colors_is_a_config_error(tmp_path: Path) -> None:
         generate_config(settings)
 
 
-def test_socket_path_too_long_is_a_config_error(tmp_path: Path) -> None:
+def test_a_deep_runtime_dir_keeps_its_socket_in_a_short_folder(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, router=f'runtime_dir = "{"d" * 120}"')
-    with pytest.raises(ConfigError, match="too deep for a unix socket"):
-        router_config(settings)
+    paths = router_config(settings).paths
+    assert paths.config.parent == paths.runtime_dir  # everything else stays there
+    assert len(str(paths.socket).encode()) <= MAX_SOCKET_PATH
+    assert paths.socket.parent != paths.runtime_dir
+    # One short folder per runtime directory, the same every time.
+    again = router_config(settings_for(tmp_path, router=f'runtime_dir = "{"d" * 120}"'))
+    other = router_config(settings_for(tmp_path, router=f'runtime_dir = "{"e" * 120}"'))
+    assert again.paths.socket == paths.socket != other.paths.socket
+
+
+def test_a_short_runtime_dir_holds_its_socket(tmp_path: Path) -> None:
+    paths = router_config(settings_for(tmp_path, router='runtime_dir = "rt"')).paths
+    assert paths.socket == tmp_path / "rt" / "admin.sock"
 
 
 def test_path_with_a_quote_is_refused(tmp_path: Path) -> None:

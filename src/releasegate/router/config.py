@@ -13,7 +13,9 @@ state whose addresses no longer match the config, so that a changed port always 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +27,9 @@ BACKEND_HOST = "127.0.0.1"
 # Initial weights: blue live, green standby. Colors always share 100 between them.
 INITIAL_WEIGHTS = {"blue": 100, "green": 0}
 TOTAL_WEIGHT = 100
-# A unix socket path must fit in sockaddr_un.sun_path (108 bytes with the final NUL).
-MAX_SOCKET_PATH = 107
+# HAProxy takes a unix socket path of at most 97 bytes (sun_path's 108 less its own
+# suffix for the temporary name it binds first).
+MAX_SOCKET_PATH = 97
 # HAProxy's "all-retryable-errors" minus 500 and response-timeout (see render_config).
 RETRY_ON = (
     "conn-failure",
@@ -53,7 +56,14 @@ class RouterPaths:
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "admin.sock"
+        """The admin socket: in the runtime directory, or, where that path is too long
+        for HAProxy (a checkout deep in a CI workspace), in a short folder of its own
+        under the temporary directory, named after the runtime directory."""
+        path = self.runtime_dir / "admin.sock"
+        if len(str(path).encode()) <= MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.sha256(str(self.runtime_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"releasegate-router-{digest}" / "admin.sock"
 
     @property
     def pidfile(self) -> Path:

@@ -113,6 +113,7 @@ def router_up(settings: Settings) -> UpResult:
     paths = config.paths
     text = render_config(config)
     paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     runner = runner_for(settings, config)
     result = UpResult(
         started=False,

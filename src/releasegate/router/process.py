@@ -239,8 +239,8 @@ class _ContainerRunner:
 
     @property
     def _volumes(self) -> dict[str, dict[str, str]]:
-        folder = str(self.paths.runtime_dir)
-        return {folder: {"bind": folder, "mode": "rw"}}
+        folders = {str(self.paths.runtime_dir), str(self.paths.socket.parent)}
+        return {folder: {"bind": folder, "mode": "rw"} for folder in folders}
 
     @property
     def _labels(self) -> dict[str, str]:
