@@ -39,7 +39,13 @@ REMOTE_PG_CONF="/etc/postgresql/$REMOTE_PG_VERSION/$REMOTE_PG_CLUSTER"
 
 in_remote_ns() { nsenter --net="$REMOTE_NS_PATH" "$@"; }
 
-pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+process_running() {
+  # A zombie counts as gone: whoever reaps orphans here may take its time.
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" && [ -n "$state" ] && [ "$state" != Z ]
+}
+
+pid_alive() { [ -s "$1" ] && process_running "$(cat "$1")"; }
 
 wait_until() {
   # wait_until TRIES COMMAND...: run COMMAND every 0.2 s until it succeeds.
@@ -338,11 +344,11 @@ stop_pidfile() {
   pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
   pid="$(cat "$pidfile")"
   kill "$pid"
-  for _ in $(seq 1 $((seconds * 5))); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
+  for _ in $(seq 1 $((seconds * 10))); do
+    process_running "$pid" || break
+    sleep 0.1
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if process_running "$pid"; then
     log "remote host: $name (pid $pid) outlived ${seconds}s; killing it"
     kill -9 "$pid" 2>/dev/null || true
   fi
@@ -383,7 +389,8 @@ stop_remote_host() {
   if [ -e "$REMOTE_NS_PATH" ]; then
     ip netns delete "$REMOTE_NS"
   fi
-  ! ip link show "$REMOTE_VETH" >/dev/null 2>&1 || ip link delete "$REMOTE_VETH"
+  # Removing the namespace takes the veth pair with it, though not always at once.
+  ip link delete "$REMOTE_VETH" 2>/dev/null || true
   rm -rf "$REMOTE_CERTS_D"
   log "remote host: namespace $REMOTE_NS removed"
 }
