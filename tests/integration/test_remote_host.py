@@ -114,15 +114,19 @@ def pushed_image(remote_host: RemoteHost) -> Iterator[str]:
     repository = f"{remote_host.registry}/releasegate-remote-test"
     tag = uuid.uuid4().hex[:12]
     base.tag(repository, tag)
+    digest_ref = ""
     try:
-        runner.images.push(repository, tag=tag)
+        # docker-py reports a failed push in its output, not as an exception.
+        push_output = runner.images.push(repository, tag=tag)
         pushed = runner.images.get(f"{repository}:{tag}")
         digests = [d for d in pushed.attrs["RepoDigests"] if d.startswith(f"{repository}@")]
-        assert digests, pushed.attrs["RepoDigests"]
-        yield digests[0]
+        assert digests, push_output
+        digest_ref = digests[0]
+        yield digest_ref
     finally:
         runner.images.remove(f"{repository}:{tag}")
-        remote_host.docker("image", "rm", "--force", f"{repository}:{tag}")
+        if digest_ref:
+            remote_host.docker("image", "rm", "--force", digest_ref)
 
 
 @pytest.mark.slow
