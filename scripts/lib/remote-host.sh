@@ -10,7 +10,8 @@
 # Settings (environment): RELEASEGATE_REMOTE_NS (rg-remote), RELEASEGATE_REMOTE_ADDR
 # (10.231.0.2/24), RELEASEGATE_REMOTE_HOST_SIDE_ADDR (10.231.0.1), RELEASEGATE_REMOTE_STATE_DIR
 # (/var/lib/releasegate/remote-host), RELEASEGATE_REMOTE_RUN_DIR (/run/releasegate-remote).
-# The facts the tests need (paths, ports, users; never a secret) go to $REMOTE_STATE/remote-host.env.
+# The facts the tests need (paths, ports, users; never a secret) go to
+# $REMOTE_STATE/remote-host.env.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
 REMOTE_NS="${RELEASEGATE_REMOTE_NS:-rg-remote}"
@@ -153,7 +154,8 @@ start_remote_dockerd() {
   fi
   wait_until 150 remote_docker info ||
     { tail -n 20 "$REMOTE_STATE/logs/dockerd.log" >&2; return 1; }
-  log "remote host: dockerd on unix://$REMOTE_DOCKER_SOCKET (reached as ssh://$REMOTE_SSH_USER@$REMOTE_ADDR)"
+  log "remote host: dockerd on unix://$REMOTE_DOCKER_SOCKET" \
+    "(reached as ssh://$REMOTE_SSH_USER@$REMOTE_ADDR)"
 }
 
 ensure_registry_tls() {
@@ -243,8 +245,9 @@ CONF
   else
     pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" reload
   fi
+  local pg_log="/var/log/postgresql/postgresql-$REMOTE_PG_VERSION-$REMOTE_PG_CLUSTER.log"
   wait_until 50 pg_isready -h "$REMOTE_ADDR" -p "$REMOTE_PG_PORT" ||
-    { tail -n 20 "/var/log/postgresql/postgresql-$REMOTE_PG_VERSION-$REMOTE_PG_CLUSTER.log" >&2; return 1; }
+    { tail -n 20 "$pg_log" >&2; return 1; }
   # The password reaches psql on stdin, never on a command line.
   su postgres -c "psql -q -h $socket_dir -p $REMOTE_PG_PORT -v ON_ERROR_STOP=1" <<SQL >/dev/null
 DO \$\$
@@ -257,7 +260,8 @@ BEGIN
 END
 \$\$;
 SQL
-  log "remote host: PostgreSQL $REMOTE_PG_VERSION on $REMOTE_ADDR:$REMOTE_PG_PORT (role $REMOTE_PG_USER)"
+  log "remote host: PostgreSQL $REMOTE_PG_VERSION on $REMOTE_ADDR:$REMOTE_PG_PORT" \
+    "(role $REMOTE_PG_USER)"
 }
 
 redis_ready() {
@@ -330,11 +334,12 @@ start_remote_host() {
   write_remote_host_env
   cat <<SUMMARY
 remote host $REMOTE_NS at $REMOTE_ADDR:
-  ssh       $REMOTE_SSH_USER@$REMOTE_ADDR:$REMOTE_SSH_PORT  (key $REMOTE_STATE/ssh/client_ed25519_key, known_hosts $REMOTE_STATE/ssh/known_hosts)
+  ssh       $REMOTE_SSH_USER@$REMOTE_ADDR:$REMOTE_SSH_PORT  (ssh -F $REMOTE_STATE/ssh/ssh_config $REMOTE_ADDR)
   docker    DOCKER_HOST=ssh://$REMOTE_SSH_USER@$REMOTE_ADDR with PATH=$REMOTE_STATE/bin:\$PATH
   registry  $REMOTE_ADDR:$REMOTE_REGISTRY_PORT
-  postgres  postgresql://$REMOTE_PG_USER@$REMOTE_ADDR:$REMOTE_PG_PORT/postgres  (password in $REMOTE_STATE/secrets/postgres.password)
-  redis     redis://$REMOTE_ADDR:$REMOTE_REDIS_PORT/0  (password in $REMOTE_STATE/secrets/redis.password)
+  postgres  postgresql://$REMOTE_PG_USER@$REMOTE_ADDR:$REMOTE_PG_PORT/postgres
+  redis     redis://$REMOTE_ADDR:$REMOTE_REDIS_PORT/0
+  (passwords in $REMOTE_STATE/secrets/, keys and the pinned known_hosts in $REMOTE_STATE/ssh/)
 SUMMARY
 }
 
@@ -380,7 +385,8 @@ stop_remote_host() {
     # Whatever still runs inside is ours (an ssh session, a container's process).
     local leftover
     for leftover in $(ip netns pids "$REMOTE_NS"); do
-      log "remote host: ending leftover process $leftover ($(cat "/proc/$leftover/comm" 2>/dev/null))"
+      log "remote host: ending leftover process $leftover" \
+        "($(cat "/proc/$leftover/comm" 2>/dev/null))"
       kill -9 "$leftover" 2>/dev/null || true
     done
   fi
