@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 import httpx
+import psycopg
 import pytest
 import redis
 from conftest import Project, free_port
@@ -28,7 +29,7 @@ from test_backup_sets import Env, configure, fingerprint, redis_keys, releases, 
 
 from releasegate.backup import set_create
 from releasegate.backup.manifest import MANIFEST_NAME, Manifest
-from releasegate.errors import ExitCode
+from releasegate.errors import ExitCode, InfraError
 
 RELEASEGATE = str(Path(sys.executable).parent / "releasegate")
 ENDPOINT_ENV = "RG_TEST_S3_ENDPOINT"
@@ -109,7 +110,7 @@ class S3Env(Env):
     def settings(self, **env: str) -> Any:
         return super().settings(**{**CREDENTIALS, ENDPOINT_ENV: self.endpoint, **env})
 
-    def keys(self) -> list[str]:
+    def bucket_keys(self) -> list[str]:
         listed = s3_client(self.endpoint).list_objects_v2(Bucket=self.bucket)
         return sorted(item["Key"] for item in listed.get("Contents", []))
 
@@ -155,7 +156,7 @@ class Run:
 
 
 def set_keys(env: S3Env, set_id: str) -> list[str]:
-    return [k for k in env.keys() if k.startswith(f"{PREFIX}/{set_id}/")]
+    return [k for k in env.bucket_keys() if k.startswith(f"{PREFIX}/{set_id}/")]
 
 
 # -- the whole journey --------------------------------------------------------------------
@@ -197,8 +198,6 @@ def test_set_is_uploaded_then_verified_and_restored_from_a_fresh_checkout(
     before_rows = fingerprint(env.url)
     assert env.redis_url is not None
     before_keys = redis_keys(env.redis_url)
-    import psycopg
-
     with psycopg.connect(env.url, autocommit=True) as conn:
         conn.execute("DELETE FROM document_chunks WHERE id % 3 = 0")
     client = redis.Redis.from_url(env.redis_url)
@@ -287,8 +286,30 @@ def test_unreachable_or_refusing_destination_fails_the_backup_and_changes_nothin
     assert len(refused.err.strip().splitlines()) == 1
 
     assert not env.backups.exists() or list(env.backups.iterdir()) == []
-    assert env.keys() == []
+    assert env.bucket_keys() == []
     assert [r for r in releases(env) if r.kind == "backup"] == []
+
+
+def test_a_bucket_that_refuses_the_upload_leaves_no_set(stored: S3Env) -> None:
+    env = stored
+    settings = env.settings()
+
+    def bucket_gone(event: set_create.Progress) -> None:
+        # After the preflight found the bucket, before the upload: the upload is refused.
+        if event.status == "done":
+            s3_client(env.endpoint).delete_bucket(Bucket=env.bucket)
+
+    with pytest.raises(InfraError) as failed:
+        set_create.create(settings, stores=["redis"], on_progress=bucket_gone)
+    assert failed.value.exit_code == ExitCode.INFRA
+    message = str(failed.value)
+    assert message.startswith(f"backup destination s3://{env.bucket}/{PREFIX}/")
+    assert "cannot upload backup set" in message and "NoSuchBucket" in message
+    assert "\n" not in message and SECRET not in message
+    assert list(env.backups.iterdir()) == []
+    [backup_release] = [r for r in releases(env) if r.kind == "backup"]
+    assert backup_release.outcome == "failed"
+    assert "cannot upload" in backup_release.summary["error"]
 
 
 def test_a_partial_upload_is_never_listed(stored: S3Env) -> None:

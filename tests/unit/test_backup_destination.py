@@ -117,7 +117,7 @@ def test_local_folder_copies_a_set_out_and_deletes_it(tmp_path: Path) -> None:
     into = tmp_path / "copy"
     folder.get_set(made.name, into)
     assert (into / "data" / "part").read_text() == "rows"
-    with pytest.raises(ConfigError, match="no backup set 20260102T000000.000Z"):
+    with pytest.raises(ConfigError, match=r"no backup set 20260102T000000\.000Z"):
         folder.get_set("20260102T000000.000Z", tmp_path / "other")
 
     folder.delete_set(made.name)

@@ -184,6 +184,7 @@ class S3Bucket:
 
     def _call(self, action: str, request: Callable[[], T]) -> T:
         """Run one request; a failure becomes one :class:`InfraError` line."""
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -191,7 +192,7 @@ class S3Bucket:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             why = f"{error.get('Code', 'error')}: {error.get('Message') or 'refused'}"
-        except BotoCoreError as exc:
+        except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a failed managed upload
             why = str(exc)
         raise InfraError(f"backup destination {self.describe()}: {action}: {why}") from None
 
