@@ -2,7 +2,10 @@
 
 The set is built in a hidden ``.<set id>.partial`` folder and renamed into place once its
 manifest is written; free space is checked against an estimate first, and a full disk is
-reported as :class:`NotEnoughSpace` (exit 3).
+reported as :class:`NotEnoughSpace` (exit 3). The set is then copied to its destination
+(:mod:`releasegate.backup.destination`), which is checked before the backup starts: a
+destination that cannot be reached or refuses the set fails the backup (exit 3) and
+leaves no set behind, here or there.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Literal
 
 from releasegate import __version__, db
 from releasegate.backup.base import StoreBackup
+from releasegate.backup.destination import destination_for
 from releasegate.backup.manifest import Manifest, new_set_id
 from releasegate.backup.sets import (
     PARTIAL_SUFFIX,
@@ -212,6 +216,8 @@ def create(
     free = _free_bytes(root)
     if factor > 0 and needed > free:
         raise _space_error(root, needed, free)
+    destination = destination_for(settings)
+    destination.check()  # an unusable destination fails the backup before it is taken
 
     started = time.monotonic()
     with Ledger.open(url, "backup") as ledger:
@@ -262,12 +268,24 @@ def create(
             manifest.write(partial)
             final = root / set_id
             partial.rename(final)
+            current = "upload"
+            step_started = time.monotonic()
+            destination.put_set(final, set_id)
+            ledger.record_event(
+                release_id,
+                "destination",
+                StepStatus.OK,
+                time.monotonic() - step_started,
+                {"destination": destination.describe()},
+            )
         except BaseException as exc:
             failure: BaseException = exc
-            if isinstance(exc, Exception) and _is_disk_full(exc, partial):
+            if current != "upload" and isinstance(exc, Exception) and _is_disk_full(exc, partial):
                 written = dir_size(partial)
                 failure = _space_error(root, max(needed, estimate, written + 1), free)
             _remove(partial)
+            if current == "upload":  # a set that did not reach its destination is no set
+                _remove(root / set_id)
             error = str(failure) if isinstance(failure, ReleasegateError) else repr(failure)
             with contextlib.suppress(Exception):
                 ledger.record_event(
@@ -283,6 +301,7 @@ def create(
             {
                 "set_id": set_id,
                 "path": str(final),
+                "destination": destination.describe(),
                 "stores": selected,
                 "bytes": manifest.total_bytes,
             },

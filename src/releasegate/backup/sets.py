@@ -18,6 +18,12 @@ The operations behind ``releasegate backup``, as importable functions taking the
   versions before and after.
 - :func:`list_sets` and :func:`prune` list the sets newest first and remove the oldest.
 
+Each set is also kept at the configured destination (:mod:`releasegate.backup.destination`):
+by default the backup folder itself, or an S3 bucket to which ``create`` uploads it. Listing
+and pruning cover both places, and a set asked for by id that is only at the destination is
+downloaded and checked first (:func:`fetch_set`, called by :func:`resolve_set`), so that
+verify, restore and a rollback work on a machine that did not create the set.
+
 Which stores: Postgres always; Redis when ``[redis]`` is configured and its URL variable
 is set; Qdrant when ``[qdrant]`` is configured. Each store module (``postgres``,
 ``redis``, ``qdrant`` in this package) implements the contract of
@@ -30,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +45,7 @@ from types import ModuleType
 from typing import Any
 
 from releasegate.backup.base import Difference, FileEntry, set_file, sha256_file
+from releasegate.backup.destination import destination_for, set_dirs
 from releasegate.backup.manifest import MANIFEST_NAME, STORE_ORDER, Manifest, is_set_id
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, ReleasegateError
@@ -131,12 +139,18 @@ def ledger_versions(versions: dict[str, str | None], suffix: str) -> dict[str, s
 
 @dataclass
 class BackupSet:
-    """One set folder: its manifest, or why it cannot be read."""
+    """One set: its manifest (or why it cannot be read), and where its copies are.
+
+    ``path`` is its folder in ``backup.dir``, which exists only when ``local``; a set only
+    at the destination is fetched there when it is used (:func:`fetch_set`).
+    """
 
     set_id: str
     path: Path
     manifest: Manifest | None
     problem: str | None = None
+    local: bool = True
+    at_destination: bool = True
 
     @property
     def size(self) -> int:
@@ -147,6 +161,8 @@ class BackupSet:
         return {
             "set_id": self.set_id,
             "path": str(self.path),
+            "local": self.local,
+            "at_destination": self.at_destination,
             "bytes": self.size,
             "created_at": m.created_at if m else None,
             "service": m.service if m else None,
@@ -157,35 +173,87 @@ class BackupSet:
         }
 
 
-def _set_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(
-        (p for p in root.iterdir() if p.is_dir() and is_set_id(p.name)),
-        key=lambda p: p.name,
-        reverse=True,
-    )
-
-
 def list_sets(settings: Settings) -> list[BackupSet]:
-    """Every backup set in ``backup.dir``, newest first; unreadable ones carry a ``problem``."""
+    """Every backup set in ``backup.dir`` or at the destination, newest first.
+
+    Unreadable ones carry a ``problem``; a set only at the destination is described by its
+    manifest there, without being downloaded.
+    """
+    root = backup_dir(settings)
+    local = {p.name for p in set_dirs(root)}
+    destination = destination_for(settings)
+    stored = set(destination.list_sets())
     found: list[BackupSet] = []
-    for path in _set_dirs(backup_dir(settings)):
+    for set_id in sorted(local | stored, reverse=True):
+        item = BackupSet(set_id, root / set_id, None, None, set_id in local, set_id in stored)
         try:
-            found.append(BackupSet(path.name, path, Manifest.read(path)))
+            item.manifest = (
+                Manifest.read(item.path) if item.local else destination.read_manifest(set_id)
+            )
         except ReleasegateError as exc:
-            found.append(BackupSet(path.name, path, None, str(exc)))
+            item.problem = str(exc)
+        found.append(item)
     return found
 
 
+def fetch_set(settings: Settings, set_id: str) -> Path:
+    """The folder of set ``set_id`` in ``backup.dir``, downloaded from the destination first
+    when it is only there.
+
+    The download goes to a hidden ``.partial`` folder and is put in place only when every
+    file has its recorded size and SHA-256: a damaged copy raises :class:`CheckFailed`
+    and leaves nothing behind.
+    """
+    root = backup_dir(settings)
+    path = root / set_id
+    if path.is_dir():
+        return path
+    destination = destination_for(settings)
+    if set_id not in destination.list_sets():
+        where = destination.describe()
+        also = f", nor at {where}" if where != str(root) else ""
+        raise ConfigError(f"no backup set {set_id!r}: not in {root}{also}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{set_id}.", suffix=PARTIAL_SUFFIX, dir=root))
+    except OSError as exc:
+        raise ConfigError(f"cannot create the backup folder {root}: {exc.strerror}") from None
+    try:
+        destination.get_set(set_id, partial)
+        manifest = Manifest.read(partial)
+        damaged = check_files(partial, manifest, manifest.store_names)
+        if manifest.set_id != set_id:
+            damaged.insert(0, Difference("-", "manifest set_id", set_id, manifest.set_id))
+        if damaged:
+            first = damaged[0]
+            raise CheckFailed(
+                f"backup set {set_id} from {destination.describe()} is damaged, nothing kept:"
+                f" {first.store} {first.item}: expected {first.expected}, found {first.actual}"
+            )
+        try:
+            partial.rename(path)
+        except OSError:
+            if not path.is_dir():  # else another run fetched it first
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return path
+
+
 def resolve_set(settings: Settings, ref: str) -> Path:
-    """The folder of a set named by its id, a path (folder or manifest.json), or ``latest``."""
+    """The folder of a set named by its id, a path (folder or manifest.json), or ``latest``.
+
+    A set id (or ``latest``) that is only at the destination is fetched (:func:`fetch_set`).
+    """
     root = backup_dir(settings)
     if ref == "latest":
         for candidate in list_sets(settings):
             if candidate.manifest is not None:
-                return candidate.path
-        raise ConfigError(f"no backup sets in {root}: create one with 'releasegate backup create'")
+                return fetch_set(settings, candidate.set_id)
+        raise ConfigError(
+            f"no backup sets in {destination_for(settings).describe()}:"
+            " create one with 'releasegate backup create'"
+        )
     if is_set_id(ref) and (root / ref).is_dir():
         return root / ref
     path = Path(ref).expanduser()
@@ -193,6 +261,8 @@ def resolve_set(settings: Settings, ref: str) -> Path:
         return path.parent.resolve()
     if path.is_dir():
         return path.resolve()
+    if is_set_id(ref):
+        return fetch_set(settings, ref)
     raise ConfigError(f"no backup set {ref!r}: not a set id in {root}, nor a folder")
 
 
@@ -345,7 +415,8 @@ def chosen_stores(manifest: Manifest, stores: Sequence[str] | None) -> list[str]
 
 
 def prune(settings: Settings, keep: int | None = None) -> list[BackupSet]:
-    """Remove the oldest sets beyond the newest ``keep`` (default ``backup.keep``).
+    """Remove the oldest sets beyond the newest ``keep`` (default ``backup.keep``), both at
+    the destination and in ``backup.dir``.
 
     Sets are ordered by their id, that is by age. Returns the removed sets.
     """
@@ -353,6 +424,10 @@ def prune(settings: Settings, keep: int | None = None) -> list[BackupSet]:
     if keep < 1:
         raise ConfigError("prune must keep at least one backup set")
     removed = list_sets(settings)[keep:]
+    destination = destination_for(settings)
     for item in removed:
-        shutil.rmtree(item.path)
+        if item.at_destination:
+            destination.delete_set(item.set_id)
+        if item.path.exists():
+            shutil.rmtree(item.path)
     return removed

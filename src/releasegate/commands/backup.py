@@ -92,6 +92,7 @@ def backup() -> None:
 def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
     """Back up Postgres (and Redis, Qdrant when configured) into a new backup set."""
     from releasegate.backup import set_create, sets
+    from releasegate.backup.destination import destination_for
 
     settings = state.settings()
     if not stores and not as_json:
@@ -103,8 +104,9 @@ def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
         settings, stores=list(stores) or None, on_progress=None if as_json else _print_progress
     )
     path = sets.backup_dir(settings) / manifest.set_id
+    destination = destination_for(settings).describe()
     if as_json:
-        _echo_json({"path": str(path), **manifest.to_dict()})
+        _echo_json({"path": str(path), "destination": destination, **manifest.to_dict()})
         return 0
     versions = ", ".join(f"{k} {v or '-'}" for k, v in manifest.versions.items())
     _echo(
@@ -112,6 +114,8 @@ def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
         f" ({sets.format_bytes(manifest.total_bytes)}, {manifest.timings.get('total', 0):.1f}s;"
         f" {versions}; ledger release {manifest.ledger_release_id})"
     )
+    if destination != str(path.parent):
+        _echo(f"uploaded to {destination}")
     return 0
 
 
@@ -212,8 +216,9 @@ def restore(
 @json_option
 @pass_state
 def list_command(state: CliState, as_json: bool) -> int:
-    """The backup sets in backup.dir, newest first."""
+    """The backup sets in backup.dir and at backup.destination, newest first."""
     from releasegate.backup import sets
+    from releasegate.backup.destination import destination_for
     from releasegate.output import table
 
     settings = state.settings()
@@ -222,7 +227,7 @@ def list_command(state: CliState, as_json: bool) -> int:
         _echo_json([s.to_dict() for s in found])
         return 0
     if not found:
-        _echo(f"no backup sets in {sets.backup_dir(settings)}")
+        _echo(f"no backup sets in {destination_for(settings).describe()}")
         return 0
     rows = []
     for item in found:
@@ -234,7 +239,7 @@ def list_command(state: CliState, as_json: bool) -> int:
         created = m.created_at[:19].replace("T", " ")
         rows.append(
             (
-                m.set_id,
+                m.set_id if item.at_destination else f"{m.set_id} (not uploaded)",
                 created,
                 ", ".join(m.store_names),
                 sets.format_bytes(item.size),
