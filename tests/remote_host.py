@@ -40,6 +40,8 @@ class RemoteHost:
     # Holds an `ssh` that brings ssh_config: Docker's ssh:// helper runs plain `ssh`.
     ssh_path_dir: Path
     docker_host: str
+    # The remote engine's socket as a path on the remote host (what sshd's DOCKER_HOST names).
+    docker_socket: str
     registry: str
     registry_ca: Path
     postgres_port: int
@@ -105,6 +107,7 @@ def read_remote_host(state_dir: Path) -> RemoteHost:
         ssh_config=Path(facts["REMOTE_SSH_CONFIG"]),
         ssh_path_dir=Path(facts["REMOTE_SSH_PATH_DIR"]),
         docker_host=facts["REMOTE_DOCKER_HOST"],
+        docker_socket=facts["REMOTE_DOCKER_SOCKET"].removeprefix("unix://"),
         registry=facts["REMOTE_REGISTRY"],
         registry_ca=Path(facts["REMOTE_REGISTRY_CA"]),
         postgres_port=int(facts["REMOTE_PG_PORT"]),

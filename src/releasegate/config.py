@@ -221,6 +221,22 @@ class DeploySection(Section):
     ready_timeout: Duration = 60.0
     drain: Duration = 5.0
     keep_images: int = Field(default=3, ge=1)
+    # With DOCKER_HOST=ssh://...: the Docker engine's socket on that host, forwarded here.
+    remote_docker_socket: str = Field(default="/var/run/docker.sock", pattern=r"^/[^:\s]+$")
+
+
+class SshSection(Section):
+    """How releasegate reaches a Docker host named by ``DOCKER_HOST=ssh://USER@HOST[:PORT]``.
+
+    The host key must be pinned in the known_hosts file (never trusted on first use);
+    unset variables leave ssh's own defaults (~/.ssh/known_hosts, ~/.ssh/id_*).
+    """
+
+    # Variable naming the known_hosts file that pins the host key.
+    known_hosts_env: EnvVarName = "RELEASEGATE_SSH_KNOWN_HOSTS"
+    # Variable naming the private key file to log in with.
+    identity_file_env: EnvVarName = "RELEASEGATE_SSH_IDENTITY_FILE"
+    connect_timeout: Duration = Field(default=10.0, gt=0)
 
 
 class RouterSection(Section):
@@ -405,6 +421,7 @@ class RawConfig(Section):
     backup: BackupSection = Field(default_factory=BackupSection)
     build: BuildSection = Field(default_factory=BuildSection)
     deploy: DeploySection = Field(default_factory=DeploySection)
+    ssh: SshSection = Field(default_factory=SshSection)
     router: RouterSection = Field(default_factory=RouterSection)
     smoke: SmokeSection = Field(default_factory=SmokeSection)
     slo: SloSection = Field(default_factory=SloSection)

@@ -79,7 +79,7 @@ def release(
         from releasegate.deploy import containers
         from releasegate.deploy.engine import connect as docker_connect
 
-        containers.resolve_image(docker_connect(), image, pull=not dry_run)
+        containers.resolve_image(docker_connect(settings), image, pull=not dry_run)
         # What the config refers to, env.py included: bad input is refused the same way.
         from releasegate.validate import require_valid
 

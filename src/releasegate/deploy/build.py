@@ -363,7 +363,7 @@ def build(
     user_args = {**section.build_args, **overrides}
     chosen = choose_mode(mode or section.offline, base_image_of(dockerfile_text, user_args))
 
-    client = client or connect()
+    client = client or connect(settings)
     revision = git_sha(settings.root)
     now = datetime.now(UTC)
     repository = section.repository or settings.service

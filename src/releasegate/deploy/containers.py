@@ -28,7 +28,6 @@ reference given is wrong for this host. An unreachable engine is an :class:`Infr
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from releasegate.deploy.engine import (
     docker_message,
 )
 from releasegate.errors import CheckFailed, ConfigError, InfraError, ReleasegateError, StateError
+from releasegate.hosts.transport import transport
 from releasegate.secrets import redact, register_secret, register_url
 
 COLORS = ("blue", "green")
@@ -82,7 +82,8 @@ class ContainerSpec:
     listen_port: int
     environment: dict[str, str] = field(repr=False)
     labels: dict[str, str]
-    # Where releasegate itself reaches the container (readiness checks).
+    # The Docker host's address where the container answers (readiness checks reach it
+    # through the host's transport).
     readiness_host: str
     run_kwargs: dict[str, Any] = field(repr=False)
 
@@ -221,19 +222,6 @@ def container_spec(
         readiness_host=readiness_host,
         run_kwargs=kwargs,
     )
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether a socket listens on ``host:port`` (binding it, as a server would, fails)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Connections of an earlier server in TIME_WAIT must not count as "in use".
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def resolve_image(client: docker.DockerClient, ref: str, *, pull: bool = True) -> Image:
@@ -383,7 +371,7 @@ def deploy(
     check_color(color)
     say = on_progress or (lambda _message: None)
     section = settings.raw.deploy
-    client = client or connect()
+    client = client or connect(settings)
     resolved = resolve_image(client, image)
     image_id = str(resolved.id)
     git_sha = (resolved.labels or {}).get(REVISION_LABEL)
@@ -405,8 +393,9 @@ def deploy(
         say(f"removing the old {color} container {old.name}")
         _remove(old)
 
+    host = transport(settings)
     bind_host = "0.0.0.0" if section.network == "host" else section.host_ip
-    if port_in_use(bind_host, spec.host_port):
+    if host.port_in_use(bind_host, spec.host_port):
         raise StateError(
             f"port {spec.host_port} for {color} is already in use on this host:"
             f" stop what listens there or change deploy.{color}_port"
@@ -429,7 +418,7 @@ def deploy(
         raise InfraError(f"cannot start {spec.name}: {docker_message(exc)}") from None
 
     url = (
-        f"http://{spec.readiness_host}:{spec.host_port}{section.readiness_path}"
+        host.color_url(spec.host_port, spec.readiness_host) + section.readiness_path
         if section.readiness_path
         else None
     )
@@ -482,7 +471,7 @@ def stop(
         weights = traffic_weights(settings)
         if weights and weights.get(color, 0) > 0:
             raise StateError(f"{color} serves traffic (weight {weights[color]}): not stopping it")
-    client = client or connect()
+    client = client or connect(settings)
     container = find_container(client, settings, color)
     if container is None:
         return None
@@ -500,7 +489,7 @@ def status(
     with_weights: bool = True,
 ) -> list[ColorStatus]:
     """Both colors: container, image, state and health, port and router weight."""
-    client = client or connect()
+    client = client or connect(settings)
     if weights is None and with_weights:
         weights = traffic_weights(settings)
     rows = []
@@ -554,7 +543,7 @@ def prune_images(
     Keeping the last few images local means a rollback to a previous version needs no
     pull (and works where no registry is reachable at all).
     """
-    client = client or connect()
+    client = client or connect(settings)
     repository = settings.raw.build.repository or settings.service
     try:
         images = client.images.list(name=repository)

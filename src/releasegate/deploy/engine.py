@@ -1,7 +1,8 @@
 """The Docker engine connection shared by ``build``, ``deploy`` and ``ps``.
 
-The engine is whatever the Docker SDK finds in the environment (``DOCKER_HOST`` or the
-local socket). An engine that does not answer is an :class:`InfraError` (exit 3).
+The engine is the Docker host's (:func:`releasegate.hosts.transport.transport`: the one
+the Docker SDK finds in the environment, or one reached over ``DOCKER_HOST=ssh://``).
+An engine that does not answer is an :class:`InfraError` (exit 3).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import docker
 from docker.errors import DockerException
 
+from releasegate.config import Settings
 from releasegate.errors import InfraError
+from releasegate.hosts.transport import transport
 from releasegate.secrets import redact
 
 # Labels releasegate puts on what it creates, so that it can find (and clean) them again.
@@ -20,13 +23,16 @@ LABEL_IMAGE = "releasegate.image"
 LABEL_PORT = "releasegate.port"
 
 
-def connect(timeout: float = 60.0) -> docker.DockerClient:
-    """A client of the Docker engine that answered a ping; InfraError otherwise."""
+def connect(settings: Settings, timeout: float = 60.0) -> docker.DockerClient:
+    """A client of the Docker host's engine that answered a ping; InfraError otherwise."""
+    host = transport(settings)
     try:
-        client = docker.from_env(timeout=max(1, round(timeout)))
+        client = host.docker_client(timeout)
         client.ping()
     except DockerException as exc:
-        raise InfraError(f"cannot reach the Docker engine: {docker_message(exc)}") from None
+        raise InfraError(
+            f"cannot reach the Docker engine on {host.describe()}: {docker_message(exc)}"
+        ) from None
     return client
 
 

@@ -35,8 +35,9 @@ Step = Callable[[ReleaseContext], StepOutcome]
 
 def _color_url(ctx: ReleaseContext, color: str) -> str:
     from releasegate.deploy.containers import color_port
+    from releasegate.hosts.transport import transport
 
-    return f"http://127.0.0.1:{color_port(ctx.settings, color)}"
+    return transport(ctx.settings).color_url(color_port(ctx.settings, color))
 
 
 # -- preflight and plan ---------------------------------------------------------------
@@ -60,7 +61,7 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
     stores.status(settings, [s for s in stores.configured_stores(settings) if s != "postgres"])
     for store in stores.configured_stores(settings)[1:]:
         checks[store] = "ok"
-    client = docker_connect()
+    client = docker_connect(settings)
     image = containers.resolve_image(client, ctx.options.image, pull=not ctx.options.dry_run)
     ctx.image_digest = (image.attrs.get("RepoDigests") or [None])[0] or str(image.id)
     # The commit the image was built from, not the deploying checkout's.

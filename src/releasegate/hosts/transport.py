@@ -1,0 +1,147 @@
+"""The Docker host that releasegate deploys to: this machine, or one reached over ssh.
+
+Whatever touches the host goes through the :class:`HostTransport` that
+:func:`transport` picks from ``DOCKER_HOST``:
+
+- :class:`LocalHost` (``DOCKER_HOST`` unset, ``unix://`` or ``tcp://``): the engine the
+  Docker SDK finds in the environment; a color answers at its port on this machine.
+- :class:`SshHost` (``DOCKER_HOST=ssh://USER@HOST[:PORT]``): one OpenSSH tunnel
+  (:mod:`releasegate.hosts.ssh`). The Docker client talks to the host's engine socket
+  (``deploy.remote_docker_socket``) forwarded to a local unix socket, and readiness,
+  smoke and gate traffic reaches a color *through the tunnel*: a port on this machine's
+  loopback forwarded to the color's port as the host itself sees it, so no color port
+  has to be open on the host's network.
+
+One tunnel per host serves the whole process and closes when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+from pathlib import Path
+from typing import Protocol
+
+import docker
+
+from releasegate.config import Settings
+from releasegate.hosts.ssh import SshTarget, SshTunnel
+
+LOOPBACK = "127.0.0.1"
+# Addresses a server binds to mean "every interface": connect to the loopback instead.
+_ANY_ADDRESS = ("0.0.0.0", "", "::")
+
+
+class HostTransport(Protocol):
+    """How releasegate reaches the Docker host and the colors running on it."""
+
+    def describe(self) -> str:
+        """The host in words, for messages."""
+        ...
+
+    def docker_client(self, timeout: float) -> docker.DockerClient:
+        """A client of the host's Docker engine (not yet pinged)."""
+        ...
+
+    def color_url(self, port: int, host: str = LOOPBACK) -> str:
+        """The base URL at which releasegate reaches what listens on ``host:port`` of the
+        Docker host (``host`` as the Docker host sees it)."""
+        ...
+
+    def port_in_use(self, host: str, port: int) -> bool:
+        """Whether something on the Docker host already listens on ``host:port``."""
+        ...
+
+
+class LocalHost:
+    """The Docker engine from the environment; colors on this machine."""
+
+    def describe(self) -> str:
+        return "this machine"
+
+    def docker_client(self, timeout: float) -> docker.DockerClient:
+        return docker.from_env(timeout=max(1, round(timeout)))
+
+    def color_url(self, port: int, host: str = LOOPBACK) -> str:
+        return f"http://{LOOPBACK if host in _ANY_ADDRESS else host}:{port}"
+
+    def port_in_use(self, host: str, port: int) -> bool:
+        """Binding ``host:port`` as a server would fails."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Connections of an earlier server in TIME_WAIT must not count as "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return True
+        return False
+
+
+class SshHost:
+    """A Docker host reached through one OpenSSH tunnel, opened on first use."""
+
+    def __init__(self, tunnel: SshTunnel, remote_docker_socket: str) -> None:
+        self.tunnel = tunnel
+        self.remote_docker_socket = remote_docker_socket
+
+    def describe(self) -> str:
+        return f"{self.tunnel.target} over ssh"
+
+    def docker_client(self, timeout: float) -> docker.DockerClient:
+        self.tunnel.open()
+        local_socket = self.tunnel.forward_socket(self.remote_docker_socket)
+        timeout_s = max(1, round(timeout))
+        return docker.DockerClient(base_url=f"unix://{local_socket}", timeout=timeout_s)
+
+    def color_url(self, port: int, host: str = LOOPBACK) -> str:
+        self.tunnel.open()
+        local_port = self.tunnel.forward_port(LOOPBACK if host in _ANY_ADDRESS else host, port)
+        return f"http://{LOOPBACK}:{local_port}"
+
+    def port_in_use(self, host: str, port: int) -> bool:
+        """The host accepts a connection to ``host:port`` through the tunnel (a bind test
+        would need a program on the host)."""
+        self.tunnel.open()
+        return self.tunnel.accepts(LOOPBACK if host in _ANY_ADDRESS else host, port)
+
+    def close(self) -> None:
+        self.tunnel.close()
+
+
+_ssh_hosts: dict[tuple[object, ...], SshHost] = {}
+
+
+def _file_from_env(settings: Settings, variable: str) -> Path | None:
+    value = settings.env.get(variable, "")
+    return Path(value).expanduser() if value else None
+
+
+def transport(settings: Settings) -> HostTransport:
+    """The host ``DOCKER_HOST`` names: over ssh for ``ssh://``, else this machine's engine."""
+    docker_host = settings.env.get("DOCKER_HOST", "")
+    if not docker_host.startswith("ssh://"):
+        return LocalHost()
+    ssh = settings.raw.ssh
+    target = SshTarget.parse(docker_host)
+    known_hosts = _file_from_env(settings, ssh.known_hosts_env)
+    identity_file = _file_from_env(settings, ssh.identity_file_env)
+    remote_socket = settings.raw.deploy.remote_docker_socket
+    key = (target, known_hosts, identity_file, ssh.connect_timeout, remote_socket)
+    if key not in _ssh_hosts:
+        tunnel = SshTunnel(
+            target,
+            known_hosts=known_hosts,
+            identity_file=identity_file,
+            connect_timeout=ssh.connect_timeout,
+        )
+        _ssh_hosts[key] = SshHost(tunnel, remote_socket)
+    return _ssh_hosts[key]
+
+
+@atexit.register
+def close_ssh_hosts() -> None:
+    """Close every tunnel this process opened."""
+    for host in _ssh_hosts.values():
+        host.close()
+    _ssh_hosts.clear()
