@@ -3,15 +3,29 @@
 # GITHUB_ENV, with every URL and key masked first (never printed).
 #   ephemeral: the service containers on 127.0.0.1 (Qdrant embedded when RG_QDRANT=embedded)
 #   remote:    the secrets DATABASE_URL, REDIS_URL, QDRANT_URL, QDRANT_API_KEY, DOCKER_HOST
-#              (+ DOCKER_SSH_KEY or DOCKER_TLS_CA/CERT/KEY)
+#              (+ DOCKER_SSH_KEY and DOCKER_KNOWN_HOSTS, or DOCKER_TLS_CA/CERT/KEY)
+# The SSH host key is pinned by DOCKER_KNOWN_HOSTS, never learnt on first use; the key
+# and the known hosts go to files under $RUNNER_TEMP (or $HOME), which the workflow
+# removes at the end of the job (connect.sh --cleanup). Every value goes to GITHUB_ENV
+# between heredoc delimiters of its own, so a multi-line value cannot add variables.
 # The variable names are the config's url_env / api_key_env; RG_GATE_PROFILE sets the SLO
 # gate's length through RELEASEGATE_SLO__* overrides.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/workflow-commands.sh"
 config="${RG_CONFIG:-releasegate.toml}"
 out="${GITHUB_ENV:?}"
+ssh_dir="${RUNNER_TEMP:-$HOME}/.releasegate-ssh"
+if [ "${1:-}" = --cleanup ]; then
+  rm -rf "$ssh_dir" "$HOME/.docker/releasegate"
+  echo "removed the SSH key, known hosts and TLS files of this job"
+  exit 0
+fi
 mask() { [ -n "$1" ] && workflow_command add-mask "$1"; return 0; }
-setenv() { printf '%s=%s\n' "$1" "$2" >>"$out"; }
+setenv() { # setenv NAME VALUE: NAME<<DELIM, VALUE, DELIM (a delimiter VALUE cannot hold)
+  local delim
+  delim="RELEASEGATE_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  printf '%s<<%s\n%s\n%s\n' "$1" "$delim" "$2" "$delim" >>"$out"
+}
 
 read -r pg_env redis_env qdrant_env qdrant_key_env < <(python3 - "$config" <<'PY'
 import sys, tomllib
@@ -29,12 +43,24 @@ if [ "${RG_TARGET:-ephemeral}" = remote ]; then
   db="${DATABASE_URL:-}" redis="${REDIS_URL:-}" qdrant="${QDRANT_URL:-}" qkey="${QDRANT_API_KEY:-}"
   for v in "$db" "$redis" "$qdrant" "$qkey" "${DOCKER_HOST:-}"; do mask "$v"; done
   setenv DOCKER_HOST "$DOCKER_HOST"
-  if [ -n "${DOCKER_SSH_KEY:-}" ]; then
+  if [[ "${DOCKER_HOST:-}" == ssh://* ]]; then
+    if [ -z "${DOCKER_KNOWN_HOSTS:-}" ]; then
+      echo "error: DOCKER_HOST is ssh:// but the secret DOCKER_KNOWN_HOSTS is empty: pin the host key with its known_hosts line, taken once from a trusted machine" >&2
+      exit 2
+    fi
+    mkdir -p "$ssh_dir" && chmod 700 "$ssh_dir"
+    printf '%s\n' "$DOCKER_KNOWN_HOSTS" >"$ssh_dir/known_hosts"
+    options=("UserKnownHostsFile $ssh_dir/known_hosts" "StrictHostKeyChecking yes" "BatchMode yes")
+    if [ -n "${DOCKER_SSH_KEY:-}" ]; then
+      (umask 077 && printf '%s\n' "$DOCKER_SSH_KEY" >"$ssh_dir/id")
+      options+=("IdentityFile $ssh_dir/id" "IdentitiesOnly yes")
+      setenv RELEASEGATE_SSH_IDENTITY_FILE "$ssh_dir/id"
+    fi
+    setenv RELEASEGATE_SSH_KNOWN_HOSTS "$ssh_dir/known_hosts"
+    # The docker CLI's ssh:// runs plain `ssh`: it reads these from ~/.ssh/config.
     mkdir -p "$HOME/.ssh" && chmod 700 "$HOME/.ssh"
-    printf '%s\n' "$DOCKER_SSH_KEY" >"$HOME/.ssh/releasegate_docker" && chmod 600 "$HOME/.ssh/releasegate_docker"
     host="${DOCKER_HOST#ssh://}"; host="${host#*@}"; host="${host%%[:/]*}"
-    ssh-keyscan -H "$host" >>"$HOME/.ssh/known_hosts" 2>/dev/null || true
-    printf 'Host %s\n  IdentityFile %s\n  IdentitiesOnly yes\n' "$host" "$HOME/.ssh/releasegate_docker" >>"$HOME/.ssh/config"
+    { printf 'Host %s\n' "$host"; printf '  %s\n' "${options[@]}"; } >>"$HOME/.ssh/config"
   fi
   if [ -n "${DOCKER_TLS_CA:-}" ]; then
     certs="$HOME/.docker/releasegate"; mkdir -p "$certs" && chmod 700 "$certs"

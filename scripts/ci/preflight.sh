@@ -7,8 +7,8 @@
 #
 #   RG_IMAGE RG_VERSION RG_ENVIRONMENT RG_CONFIG RG_GATE_PROFILE RG_TARGET RG_QDRANT RG_SEED
 #   RG_BASELINE RG_PROMOTED_IN
-#   DOCKER_HOST DATABASE_URL REDIS_URL QDRANT_URL   (remote target: secrets; only checked
-#                                                    for presence, never printed)
+#   DOCKER_HOST DOCKER_KNOWN_HOSTS DATABASE_URL REDIS_URL QDRANT_URL
+#       (remote target: secrets; only checked for presence, never printed)
 #
 #   scripts/ci/preflight.sh [REPO_DIR]   REPO_DIR: the checkout (default: the current dir)
 set -uo pipefail
@@ -112,6 +112,9 @@ PY
 if [ "$target" = remote ]; then
   missing=()
   [ -n "${DOCKER_HOST:-}" ] || missing+=(DOCKER_HOST)
+  if [[ "${DOCKER_HOST:-}" == ssh://* ]] && [ -z "${DOCKER_KNOWN_HOSTS:-}" ]; then
+    missing+=(DOCKER_KNOWN_HOSTS)  # the host key is pinned, never learnt on first use
+  fi
   [ -n "${DATABASE_URL:-}" ] || missing+=(DATABASE_URL)
   if has_section redis && [ -z "${REDIS_URL:-}" ]; then missing+=(REDIS_URL); fi
   if [ "$qdrant" = service ] && has_section qdrant && [ -z "${QDRANT_URL:-}" ]; then

@@ -161,7 +161,14 @@ def repo(tmp_path: Path) -> Path:
 
 def _preflight(repo: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RG_", "GITHUB_"))}
-    for name in ("DOCKER_HOST", "DATABASE_URL", "REDIS_URL", "QDRANT_URL", "ACT"):
+    for name in (
+        "DOCKER_HOST",
+        "DOCKER_KNOWN_HOSTS",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "QDRANT_URL",
+        "ACT",
+    ):
         env.pop(name, None)
     env.update(
         {
@@ -189,6 +196,7 @@ def test_preflight_accepts_a_remote_target_with_its_secrets(repo: Path) -> None:
         repo,
         RG_TARGET="remote",
         DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DOCKER_KNOWN_HOSTS="prod.example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned",
         DATABASE_URL="postgresql://u:very-secret@db/x",
         REDIS_URL="redis://r/0",
         QDRANT_URL="http://q:6333",
@@ -290,6 +298,92 @@ def test_workflow_command_shell_function_escapes_properties_and_message() -> Non
     assert bad.returncode == 2 and bad.stdout == ""
 
 
+# --- connect.sh: the remote target's secrets reach the job safely ------------------------
+
+CONNECT = ROOT / "scripts" / "ci" / "connect.sh"
+
+
+def _connect(
+    repo: Path, tmp_path: Path, *args: str, **secrets: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RG_", "GITHUB_", "DOCKER"))}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        RUNNER_TEMP=str(tmp_path / "runner-temp"),
+        GITHUB_ENV=str(tmp_path / "github-env"),
+        RG_TARGET="remote",
+        RG_CONFIG="releasegate.toml",
+        **secrets,
+    )
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", str(CONNECT), *args], capture_output=True, text=True, env=env, cwd=repo
+    )
+
+
+def _github_env(path: Path) -> dict[str, str]:
+    """GITHUB_ENV as the runner reads it: NAME=VALUE lines and NAME<<DELIM blocks."""
+    values: dict[str, str] = {}
+    lines = iter(path.read_text().splitlines())
+    for line in lines:
+        if "<<" in line and "=" not in line.split("<<")[0]:
+            name, delim = line.split("<<", 1)
+            body = []
+            for inner in lines:
+                if inner == delim:
+                    break
+                body.append(inner)
+            values[name] = "\n".join(body)
+        else:
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+def test_connect_pins_the_host_key_and_no_value_can_add_variables(
+    repo: Path, tmp_path: Path
+) -> None:
+    known = "prod.example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned"
+    hostile = "postgresql://u:p@db/x\nLD_PRELOAD=/tmp/evil.so"
+    proc = _connect(
+        repo,
+        tmp_path,
+        DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DOCKER_KNOWN_HOSTS=known,
+        DOCKER_SSH_KEY="-----BEGIN KEY-----\nkey\n-----END KEY-----",
+        DATABASE_URL=hostile,
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = _github_env(tmp_path / "github-env")
+    assert "LD_PRELOAD" not in values  # the newline stayed inside DB_URL's value
+    assert values["DB_URL"] == hostile
+    ssh_dir = tmp_path / "runner-temp" / ".releasegate-ssh"
+    assert values["RELEASEGATE_SSH_KNOWN_HOSTS"] == str(ssh_dir / "known_hosts")
+    assert (ssh_dir / "known_hosts").read_text() == known + "\n"
+    assert (ssh_dir / "id").stat().st_mode & 0o777 == 0o600
+    config = (tmp_path / "home" / ".ssh" / "config").read_text()
+    assert "StrictHostKeyChecking yes" in config and f"UserKnownHostsFile {ssh_dir}" in config
+    assert "ssh-keyscan" not in CONNECT.read_text().split("set -euo pipefail", 1)[1]
+    cleanup = _connect(repo, tmp_path, "--cleanup")
+    assert cleanup.returncode == 0 and not ssh_dir.exists()
+
+
+def test_connect_refuses_an_ssh_host_without_a_pinned_key(repo: Path, tmp_path: Path) -> None:
+    proc = _connect(repo, tmp_path, DOCKER_HOST="ssh://deploy@prod.example.invalid")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: DOCKER_HOST is ssh:// but the secret DOCKER_KNOWN_HOSTS")
+    preflight = _preflight(
+        repo,
+        RG_TARGET="remote",
+        RG_QDRANT="embedded",
+        DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DATABASE_URL="postgresql://u:p@db/x",
+        REDIS_URL="redis://r/0",
+    )
+    assert preflight.returncode == 2
+    assert "needs the secrets DOCKER_KNOWN_HOSTS:" in preflight.stderr
+
+
 # --- rollback.yml's preflight, promoted-in and baseline ---------------------------------
 
 
@@ -303,6 +397,7 @@ def test_preflight_of_a_rollback_needs_a_release_id_and_a_persistent_target(repo
         RG_IMAGE="",
         RG_VERSION="",
         DOCKER_HOST="ssh://deploy@prod.example.invalid",
+        DOCKER_KNOWN_HOSTS="prod.example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinned",
         DATABASE_URL="postgresql://u:p@db/x",
         REDIS_URL="redis://r/0",
     )

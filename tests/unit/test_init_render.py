@@ -152,6 +152,7 @@ def test_workflows_follow_the_interface() -> None:
         "REGISTRY_TOKEN",
         "DOCKER_HOST",
         "DOCKER_SSH_KEY",
+        "DOCKER_KNOWN_HOSTS",
         "DATABASE_URL",
         "REDIS_URL",
         "QDRANT_URL",

@@ -37,6 +37,7 @@ WORKFLOWS = ("releasegate-staging.yml", "releasegate-production.yml", "releasega
 PRODUCTION_SECRETS = (
     "DOCKER_HOST",
     "DOCKER_SSH_KEY",
+    "DOCKER_KNOWN_HOSTS",
     "DATABASE_URL",
     "REDIS_URL",
     "QDRANT_URL",
