@@ -184,6 +184,10 @@ def test_release_v2_then_v3_bad_rolls_back(release_env: ReleaseEnv, tmp_path: Pa
     assert rollback["verification"]["ok"] is True
     assert rollback["ok"] is True and rollback["manual_steps"] == []
     assert env.report(data["release_id"])["rollback"]["verification"]["ok"] is True
+    # The failed color's last log lines are kept in the evidence before it is removed.
+    target = data["colors"]["target"]
+    [stop] = [s for s in rollback["steps"] if s["name"] == f"stop {target}"]
+    assert stop["detail"]["removed"] and stop["detail"]["log_tail"], stop
     row = env.last_release()
     assert row["id"] == data["release_id"] and row["outcome"] == "rolled_back"
     assert "outcome=rolled_back\n" in output.read_text()

@@ -593,3 +593,24 @@ def test_report_names_cannot_escape_the_folder() -> None:
     assert report_stem({"release_id": 7}) == "release-7"
     assert report_stem({"release_id": "../../etc/passwd"}) == "release-etc_passwd"
     assert re.fullmatch(r"release-unrecorded-\d{8}T\d{6}Z", report_stem({"release_id": None}))
+
+
+def test_markdown_shows_a_stopped_color_s_log_tail_below_the_rollback_table(
+    tmp_path: Path,
+) -> None:
+    result = sample_result(tmp_path)
+    result["rollback"]["steps"].append(
+        {
+            "name": "stop green",
+            "status": "ok",
+            "duration_s": 0.4,
+            "detail": {
+                "removed": "notes-green",
+                "log_tail": ["INFO started", "ERROR ``` boom on GET /documents"],
+            },
+        }
+    )
+    md = render_markdown(result)
+    assert '| stop green | ok | 0.4s | {"removed":"notes-green"} |' in md
+    assert "<details><summary>stop green: its last 2 log lines</summary>" in md
+    assert "````\nINFO started\nERROR ``` boom on GET /documents\n````" in md

@@ -109,9 +109,14 @@ def _switch_back(settings: Settings, color: str | None) -> dict[str, Any]:
 
 
 def _stop(settings: Settings, color: str) -> dict[str, Any]:
+    """Stop the release's color; what it logged last goes into the report first, since
+    the container (and with it its log) is removed."""
     from releasegate.deploy import containers
+    from releasegate.deploy.engine import connect
 
-    return {"removed": containers.stop(settings, color, force=True)}
+    found = containers.find_container(connect(settings), settings, color)
+    logs = containers.log_tail(found) if found is not None else []
+    return {"removed": containers.stop(settings, color, force=True), "log_tail": logs}
 
 
 def _postgres_down(settings: Settings, target: str) -> dict[str, Any]:

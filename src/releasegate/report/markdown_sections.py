@@ -132,6 +132,13 @@ def _check_row(c: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _without_logs(detail: Any) -> Any:
+    # A stopped color's log tail is shown below the table, not in its cell.
+    if isinstance(detail, Mapping) and "log_tail" in detail:
+        return {k: v for k, v in detail.items() if k != "log_tail"}
+    return detail
+
+
 def rollback_section(r: Mapping[str, Any]) -> list[str]:
     """Why the release rolled back, its steps, their verification and manual steps."""
     rb = as_map(r.get("rollback"))
@@ -147,11 +154,16 @@ def rollback_section(r: Mapping[str, Any]) -> list[str]:
                 escape_text(s.get("name")),
                 status_cell(s.get("status")),
                 format_seconds(s.get("duration_s")),
-                escape_text(s.get("summary") or compact_json(s.get("detail"))),
+                escape_text(s.get("summary") or compact_json(_without_logs(s.get("detail")))),
             ]
             for s in steps
         )
         lines += ["", *table_lines(["step", "status", "duration", "detail"], rows)]
+        for s in steps:
+            logs = [as_text(line) for line in as_list(as_map(s.get("detail")).get("log_tail"))]
+            if logs:
+                title = f"{escape_text(s.get('name'))}: its last {len(logs)} log lines"
+                lines += ["", *details(title, code_block(logs))]
     kept = [escape_text(k, MAX_ERROR) for k in as_list(rb.get("kept"))]
     if kept:
         lines += ["", "**Kept on purpose** (not undone, and why):", ""]
