@@ -66,7 +66,9 @@ if [ "${RG_DRY_RUN:-false}" = true ]; then
   output "$ref" false
   exit 0
 fi
-docker push --quiet "$ref" >/dev/null
+if ! err="$(docker push --quiet "$ref" 2>&1 >/dev/null)"; then
+  fail 3 "cannot push $ref to the registry: ${err##*$'\n'}"
+fi
 image="$(digest_of "$ref")"
 [ -n "$image" ] || fail 3 "pushed $ref but the registry gave no digest"
 echo "pushed $image"

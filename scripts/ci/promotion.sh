@@ -15,13 +15,21 @@ case "${1:-}" in
     : "${RG_BUILT_IMAGE:?}" "${RG_COMMIT:?}"
     for tag in "$RG_ENVIRONMENT-promoted-$RG_COMMIT" "$RG_ENVIRONMENT-promoted"; do
       docker tag "$RG_BUILT_IMAGE" "$RG_IMAGE:$tag"
-      docker push --quiet "$RG_IMAGE:$tag" >/dev/null
+      if ! err="$(docker push --quiet "$RG_IMAGE:$tag" 2>&1 >/dev/null)"; then
+        echo "error: cannot record the promotion as $RG_IMAGE:$tag: ${err##*$'\n'}" >&2
+        exit 3
+      fi
     done
     echo "recorded: $RG_ENVIRONMENT promoted $RG_BUILT_IMAGE ($RG_IMAGE:$RG_ENVIRONMENT-promoted-$RG_COMMIT)"
     ;;
   previous)
     ref="$RG_IMAGE:$RG_ENVIRONMENT-promoted"
-    docker pull --quiet "$ref" >/dev/null 2>&1 || exit 0
+    if ! err="$(docker pull --quiet "$ref" 2>&1 >/dev/null)"; then
+      case "$err" in
+        *"not found"* | *"manifest unknown"* | *"does not exist"*) exit 0 ;;  # none yet
+        *) echo "error: cannot read $ref from the registry: ${err##*$'\n'}" >&2; exit 3 ;;
+      esac
+    fi
     docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$ref" |
       grep -m 1 "^$RG_IMAGE@" || true
     ;;

@@ -462,3 +462,32 @@ def test_a_version_staging_never_promoted_has_no_digest(repo: Path) -> None:
         f" of {REGISTRY}/never-promoted-{os.getpid()}"
     ]
     assert not (repo / "outputs").exists()  # nothing for a release job to release
+    # No earlier promotion either: the ephemeral baseline is none (a first release).
+    previous = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ci" / "promotion.sh"), "previous"],
+        capture_output=True,
+        text=True,
+        env={**env, "RG_ENVIRONMENT": "staging"},
+    )
+    assert (previous.returncode, previous.stdout, previous.stderr) == (0, "", "")
+
+
+def test_an_unreachable_registry_is_one_clear_line_not_a_missing_promotion(repo: Path) -> None:
+    # Port 1 of the loopback: nothing listens, the connection is refused at once.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RG_", "GITHUB_"))}
+    env.update(RG_IMAGE="127.0.0.1:1/notes", RG_VERSION="v1.0.0", RG_PROMOTED_IN="staging")
+    proc = subprocess.run(
+        ["bash", str(IMAGE_SH)], capture_output=True, text=True, env=env, cwd=repo
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error: cannot read 127.0.0.1:1/notes:staging-promoted-"), line
+    # The baseline lookup: no earlier promotion is "none", an unreachable registry is not.
+    previous = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ci" / "promotion.sh"), "previous"],
+        capture_output=True,
+        text=True,
+        env={**env, "RG_ENVIRONMENT": "staging"},
+    )
+    assert previous.returncode == 3 and previous.stdout == "", previous.stderr
+    assert previous.stderr.startswith("error: cannot read 127.0.0.1:1/notes:staging-promoted")
