@@ -17,12 +17,14 @@ from releasegate.errors import ConfigError, InfraError
 from releasegate.router.config import (
     COLOR_HEADER,
     MAX_SOCKET_PATH,
+    REMOTE_RUNTIME_DIR,
     filter_state_file,
     generate_config,
     haproxy_duration,
     render_config,
     router_config,
 )
+from releasegate.router.process import runner_for
 from releasegate.router.runtime import (
     admin_state,
     parse_info,
@@ -138,6 +140,19 @@ def test_a_deep_runtime_dir_keeps_its_socket_in_a_short_folder(tmp_path: Path) -
 def test_a_short_runtime_dir_holds_its_socket(tmp_path: Path) -> None:
     paths = router_config(settings_for(tmp_path, router='runtime_dir = "rt"')).paths
     assert paths.socket == tmp_path / "rt" / "admin.sock"
+
+
+def test_a_remote_docker_host_keeps_the_router_files_in_its_volume(tmp_path: Path) -> None:
+    path = tmp_path / "releasegate.toml"
+    path.write_text('[service]\nname = "notes"\n\n[router]\nruntime_dir = "rt"\n')
+    remote = load_config(path, env={"DOCKER_HOST": "ssh://deploy@203.0.113.7"})
+    config = router_config(remote)
+    assert config.paths.runtime_dir == REMOTE_RUNTIME_DIR
+    assert f"stats socket '{REMOTE_RUNTIME_DIR}/admin.sock'" in render_config(config)
+    # HAProxy on this machine could not serve the remote host's colors.
+    with pytest.raises(ConfigError, match=r'router\.mode = "container"'):
+        runner_for(remote, config)
+    assert not (tmp_path / "rt").exists()
 
 
 def test_path_with_a_quote_is_refused(tmp_path: Path) -> None:

@@ -105,6 +105,11 @@ class SshHost:
         self.tunnel.open()
         return self.tunnel.accepts(LOOPBACK if host in _ANY_ADDRESS else host, port)
 
+    def forward_socket(self, remote_path: str) -> Path:
+        """A local unix socket that reaches the unix socket ``remote_path`` on the host."""
+        self.tunnel.open()
+        return self.tunnel.forward_socket(remote_path)
+
     def close(self) -> None:
         self.tunnel.close()
 
@@ -117,11 +122,14 @@ def _file_from_env(settings: Settings, variable: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def transport(settings: Settings) -> HostTransport:
-    """The host ``DOCKER_HOST`` names: over ssh for ``ssh://``, else this machine's engine."""
+def is_remote(settings: Settings) -> bool:
+    """Whether ``DOCKER_HOST`` names a host reached over ssh (files there are not ours)."""
+    return settings.env.get("DOCKER_HOST", "").startswith("ssh://")
+
+
+def ssh_host(settings: Settings) -> SshHost:
+    """The ssh transport of ``DOCKER_HOST=ssh://``; one per host for the whole process."""
     docker_host = settings.env.get("DOCKER_HOST", "")
-    if not docker_host.startswith("ssh://"):
-        return LocalHost()
     ssh = settings.raw.ssh
     target = SshTarget.parse(docker_host)
     known_hosts = _file_from_env(settings, ssh.known_hosts_env)
@@ -137,6 +145,11 @@ def transport(settings: Settings) -> HostTransport:
         )
         _ssh_hosts[key] = SshHost(tunnel, remote_socket)
     return _ssh_hosts[key]
+
+
+def transport(settings: Settings) -> HostTransport:
+    """The host ``DOCKER_HOST`` names: over ssh for ``ssh://``, else this machine's engine."""
+    return ssh_host(settings) if is_remote(settings) else LocalHost()
 
 
 @atexit.register

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from releasegate.config import Settings
 from releasegate.errors import ConfigError
+from releasegate.hosts.transport import is_remote
 
 COLORS: tuple[str, str] = ("blue", "green")
 BACKEND_HOST = "127.0.0.1"
@@ -40,6 +41,9 @@ RETRY_ON = (
     "503",
     "504",
 )
+# With DOCKER_HOST=ssh:// the router's files live in a Docker volume on the remote host,
+# mounted here in the router container; nothing is written on this machine.
+REMOTE_RUNTIME_DIR = Path("/var/lib/releasegate-router")
 # Response header naming the color that served a request, for smoke tests and humans.
 COLOR_HEADER = "X-Releasegate-Color"
 
@@ -113,7 +117,10 @@ def router_config(settings: Settings) -> RouterConfig:
             f"deploy.blue_port and deploy.green_port are both {deploy.blue_port}:"
             " blue and green need ports of their own"
         )
-    paths = RouterPaths(settings.resolve_path(section.runtime_dir))
+    remote = is_remote(settings)
+    paths = RouterPaths(
+        REMOTE_RUNTIME_DIR if remote else settings.resolve_path(section.runtime_dir)
+    )
     socket = str(paths.socket)
     if len(socket.encode()) > MAX_SOCKET_PATH:
         raise ConfigError(

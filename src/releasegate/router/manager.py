@@ -12,7 +12,6 @@ Nothing here writes the release ledger; every function returns a result whose
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,12 +21,11 @@ from releasegate.errors import InfraError
 from releasegate.router.config import (
     BACKEND_HOST,
     RouterConfig,
-    RouterPaths,
     filter_state_file,
     render_config,
     router_config,
 )
-from releasegate.router.process import runner_for, wait_until
+from releasegate.router.process import Runner, runner_for, wait_until
 from releasegate.router.runtime import RuntimeClient
 
 # How long ``router up`` waits for the runtime API of a fresh HAProxy.
@@ -84,17 +82,16 @@ class DownResult:
         }
 
 
-def _restore_state_file(paths: RouterPaths, config: RouterConfig) -> bool:
+def _restore_state_file(runner: Runner, config: RouterConfig) -> bool:
     """Keep only the saved server states that still match the config; True if any."""
-    try:
-        text = paths.state_file.read_text()
-    except FileNotFoundError:
+    text = runner.read_file(config.paths.state_file)
+    if text is None:
         return False
     kept = filter_state_file(text, config)
     if kept is None:
-        paths.state_file.unlink(missing_ok=True)
+        runner.discard_file(config.paths.state_file)
         return False
-    paths.state_file.write_text(kept)
+    runner.write_file(config.paths.state_file, kept)
     return True
 
 
@@ -112,8 +109,6 @@ def router_up(settings: Settings) -> UpResult:
     config = router_config(settings)
     paths = config.paths
     text = render_config(config)
-    paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     runner = runner_for(settings, config)
     result = UpResult(
         started=False,
@@ -125,41 +120,29 @@ def router_up(settings: Settings) -> UpResult:
     )
     process = runner.running()
     if process is not None:
-        try:
-            stale = paths.config.read_text() != text
-        except OSError:
-            stale = True
+        stale = runner.read_file(paths.config) != text
         return replace(
             result,
             process=process,
             config_stale=stale,
             duration_s=time.perf_counter() - started,
         )
-    candidate = paths.runtime_dir / "haproxy.cfg.new"
-    candidate.write_text(text)
-    try:
-        runner.validate(candidate)
-    except BaseException:
-        candidate.unlink(missing_ok=True)
-        raise
-    os.replace(candidate, paths.config)
-    restored = _restore_state_file(paths, config)
-    paths.socket.unlink(missing_ok=True)
+    runner.install_config(text)
+    restored = _restore_state_file(runner, config)
     process = runner.start()
-    client = RuntimeClient(paths.socket, timeout=2.0)
+    client = RuntimeClient(runner.admin_socket(), timeout=2.0)
 
     answered = False
 
     def answered_or_died() -> bool:
         nonlocal answered
-        if paths.socket.exists():
-            try:
-                client.command("show info")
-            except InfraError:
-                pass
-            else:
-                answered = True
-                return True
+        try:
+            client.command("show info")
+        except InfraError:
+            pass
+        else:
+            answered = True
+            return True
         return runner.running() is None
 
     wait_until(answered_or_died, START_TIMEOUT, poll=0.02)
@@ -169,7 +152,7 @@ def router_up(settings: Settings) -> UpResult:
         raise InfraError(
             f"haproxy did not start: {reason}"
             if runner.running() is None
-            else f"haproxy started but its runtime API at {paths.socket} did not answer"
+            else f"haproxy started but its runtime API at {client.socket_path} did not answer"
             f" within {START_TIMEOUT:g}s: {reason}"
         )
     return replace(
@@ -184,17 +167,16 @@ def router_up(settings: Settings) -> UpResult:
 def save_state(settings: Settings) -> bool:
     """Dump the servers' runtime state where the next start loads it; False if unreachable."""
     config = router_config(settings)
+    runner = runner_for(settings, config)
     try:
-        text = RuntimeClient(config.paths.socket, timeout=2.0).command(
+        text = RuntimeClient(runner.admin_socket(), timeout=2.0).command(
             f"show servers state {config.backend}"
         )
     except InfraError:
         return False
     if filter_state_file(text, config) is None:
         return False
-    tmp = config.paths.state_file.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, config.paths.state_file)
+    runner.write_file(config.paths.state_file, text)
     return True
 
 
@@ -211,11 +193,11 @@ def router_down(settings: Settings, *, forget: bool = False) -> DownResult:
     notes = []
     if runner.running() is None:
         if forget:
-            config.paths.state_file.unlink(missing_ok=True)
+            runner.discard_file(config.paths.state_file)
         return DownResult(stopped=False, mode=runner.mode, duration_s=time.perf_counter() - started)
     saved = False
     if forget:
-        config.paths.state_file.unlink(missing_ok=True)
+        runner.discard_file(config.paths.state_file)
     else:
         saved = save_state(settings)
         if not saved:

@@ -1,7 +1,10 @@
 """How the HAProxy process runs: a daemon on the host (with a pidfile) or a container.
 
-Both runners validate a config with ``haproxy -c``, start HAProxy, tell whether it runs
-and soft-stop it (``SIGUSR1``: stop listening, let open connections finish).
+Every runner installs a config validated with ``haproxy -c``, starts HAProxy, tells
+whether it runs and soft-stops it (``SIGUSR1``: stop listening, let open connections
+finish). It also owns the router's files and says where its admin socket is reached:
+in ``router.runtime_dir`` on this machine, or, with ``DOCKER_HOST=ssh://``, in a Docker
+volume on the remote host (:mod:`releasegate.router.remote`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import shutil
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from releasegate.config import Settings
 from releasegate.errors import ConfigError, InfraError
+from releasegate.hosts.transport import is_remote, transport
 from releasegate.router.config import RouterConfig
+from releasegate.router.runtime import RuntimeClient
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -31,7 +37,19 @@ class Runner(Protocol):
     def running(self) -> str | None:
         """A description such as 'pid 42' or 'container 3f2a' when HAProxy runs, else None."""
 
-    def validate(self, path: Path) -> None: ...
+    def install_config(self, text: str) -> None:
+        """Validate ``text`` with ``haproxy -c`` (:class:`ConfigError` when rejected), then
+        make it the router's haproxy.cfg."""
+
+    def read_file(self, path: Path) -> str | None:
+        """The text of one of the router's files (``config.paths``); None when absent."""
+
+    def write_file(self, path: Path, text: str) -> None: ...
+
+    def discard_file(self, path: Path) -> None: ...
+
+    def admin_socket(self) -> Path:
+        """The unix socket on this machine that reaches HAProxy's admin socket."""
 
     def start(self) -> str: ...
 
@@ -42,7 +60,7 @@ class Runner(Protocol):
         """Why a start failed, from what HAProxy printed."""
 
 
-def _alerts(output: str, config: RouterConfig, candidate: Path | None = None) -> str:
+def haproxy_alerts(output: str, config: RouterConfig, candidate: Path | None = None) -> str:
     """HAProxy's alert lines, shortened to one line."""
     alerts = []
     for line in output.splitlines():
@@ -88,7 +106,53 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-class _HostRunner:
+class _LocalFiles(ABC):
+    """The router's files in ``router.runtime_dir`` on this machine."""
+
+    config: RouterConfig
+
+    def prepare(self) -> None:
+        paths = self.config.paths
+        paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @abstractmethod
+    def validate(self, path: Path) -> None:
+        """Run ``haproxy -c`` on ``path``; :class:`ConfigError` when it is rejected."""
+
+    def install_config(self, text: str) -> None:
+        self.prepare()
+        paths = self.config.paths
+        candidate = paths.runtime_dir / "haproxy.cfg.new"
+        candidate.write_text(text)
+        try:
+            self.validate(candidate)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+        os.replace(candidate, paths.config)
+        # A socket left by an earlier HAProxy must not pass for the new one's.
+        paths.socket.unlink(missing_ok=True)
+
+    def read_file(self, path: Path) -> str | None:
+        try:
+            return path.read_text()
+        except OSError:
+            return None
+
+    def write_file(self, path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def discard_file(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def admin_socket(self) -> Path:
+        return self.config.paths.socket
+
+
+class _HostRunner(_LocalFiles):
     mode = "host"
 
     def __init__(self, settings: Settings, config: RouterConfig) -> None:
@@ -130,7 +194,7 @@ class _HostRunner:
         if result.returncode != 0:
             raise ConfigError(
                 "haproxy rejected the router config: "
-                + _alerts(result.stdout + result.stderr, self.config, path)
+                + haproxy_alerts(result.stdout + result.stderr, self.config, path)
             )
 
     def start(self) -> str:
@@ -156,7 +220,7 @@ class _HostRunner:
 
     def failure(self) -> str:
         try:
-            return _alerts(self.paths.log.read_text(errors="replace"), self.config)
+            return haproxy_alerts(self.paths.log.read_text(errors="replace"), self.config)
         except OSError:
             return "no output"
 
@@ -196,10 +260,17 @@ def wait_until(predicate: Any, timeout: float, poll: float = 0.02) -> bool:
         time.sleep(poll)
 
 
-class _ContainerRunner:
-    """HAProxy in a container: host network, runtime dir bind-mounted at the same path."""
+class ContainerEngine(ABC):
+    """HAProxy in a container on the Docker host, host network; where its files are
+    mounted from is up to the subclass (``_volumes``, ``_user``)."""
 
     mode = "container"
+    _user: str
+
+    @property
+    @abstractmethod
+    def _volumes(self) -> dict[str, dict[str, str]]:
+        """What the container mounts, as the Docker SDK takes it."""
 
     def __init__(self, settings: Settings, config: RouterConfig) -> None:
         self.settings = settings
@@ -215,10 +286,10 @@ class _ContainerRunner:
             import docker
 
             try:
-                self._docker = docker.from_env(timeout=30)
+                self._docker = transport(self.settings).docker_client(timeout=30)
                 self._docker.ping()
             except docker.errors.DockerException as exc:
-                raise InfraError(f"Docker is unreachable: {_docker_reason(exc)}") from None
+                raise InfraError(f"Docker is unreachable: {docker_reason(exc)}") from None
         return self._docker
 
     def _container(self) -> Container | None:
@@ -229,7 +300,7 @@ class _ContainerRunner:
         except docker.errors.NotFound:
             return None
         except docker.errors.DockerException as exc:
-            raise InfraError(f"Docker: {_docker_reason(exc)}") from None
+            raise InfraError(f"Docker: {docker_reason(exc)}") from None
 
     def running(self) -> str | None:
         container = self._container()
@@ -238,13 +309,71 @@ class _ContainerRunner:
         return f"container {container.short_id}"
 
     @property
+    def _labels(self) -> dict[str, str]:
+        return {"releasegate.service": self.settings.service, "releasegate.role": "router"}
+
+    def start(self) -> str:
+        import docker
+
+        old = self._container()
+        try:
+            if old is not None:
+                old.remove(force=True)
+            container = self.docker.containers.run(
+                self.image,
+                ["haproxy", "-f", str(self.paths.config)],
+                name=self.name,
+                detach=True,
+                restart_policy={"Name": "always"},
+                network_mode="host",
+                volumes=self._volumes,
+                user=self._user,
+                labels=self._labels,
+            )
+        except docker.errors.DockerException as exc:
+            raise InfraError(
+                f"cannot start router image {self.image}: {docker_reason(exc)}"
+            ) from None
+        return f"container {container.short_id}"
+
+    def failure(self) -> str:
+        container = self._container()
+        if container is None:
+            return "the container is gone"
+        logs = container.logs(tail=20).decode(errors="replace")
+        return haproxy_alerts(logs, self.config)
+
+    def stop_container(self, timeout: float) -> bool:
+        """Soft-stop and remove the container; True when it had to be killed."""
+        import docker
+
+        container = self._container()
+        if container is None:
+            return False
+        forced = False
+        try:
+            if container.status == "running":
+                container.kill(signal="SIGUSR1")
+                try:
+                    container.wait(timeout=timeout + 1.0)
+                except Exception:  # requests' ReadTimeout: the soft stop did not finish
+                    container.kill()
+                    forced = True
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"cannot stop the router container: {docker_reason(exc)}") from None
+        return forced
+
+
+class _ContainerRunner(ContainerEngine, _LocalFiles):
+    """HAProxy in a container: host network, runtime dir bind-mounted at the same path."""
+
+    @property
     def _volumes(self) -> dict[str, dict[str, str]]:
         folders = {str(self.paths.runtime_dir), str(self.paths.socket.parent)}
         return {folder: {"bind": folder, "mode": "rw"} for folder in folders}
-
-    @property
-    def _labels(self) -> dict[str, str]:
-        return {"releasegate.service": self.settings.service, "releasegate.role": "router"}
 
     # The socket and state file belong to whoever runs releasegate.
     _user = f"{os.getuid()}:{os.getgid()}"
@@ -267,75 +396,42 @@ class _ContainerRunner:
         except docker.errors.ContainerError as exc:
             stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
             raise ConfigError(
-                "haproxy rejected the router config: " + _alerts(stderr, self.config, path)
+                "haproxy rejected the router config: " + haproxy_alerts(stderr, self.config, path)
             ) from None
         except docker.errors.DockerException as exc:
             raise InfraError(
-                f"cannot run router image {self.image}: {_docker_reason(exc)}"
+                f"cannot run router image {self.image}: {docker_reason(exc)}"
             ) from None
-
-    def start(self) -> str:
-        import docker
-
-        old = self._container()
-        try:
-            if old is not None:
-                old.remove(force=True)
-            container = self.docker.containers.run(
-                self.image,
-                ["haproxy", "-f", str(self.paths.config)],
-                name=self.name,
-                detach=True,
-                restart_policy={"Name": "always"},
-                network_mode="host",
-                volumes=self._volumes,
-                user=self._user,
-                labels=self._labels,
-            )
-        except docker.errors.DockerException as exc:
-            raise InfraError(
-                f"cannot start router image {self.image}: {_docker_reason(exc)}"
-            ) from None
-        return f"container {container.short_id}"
-
-    def failure(self) -> str:
-        container = self._container()
-        if container is None:
-            return "the container is gone"
-        logs = container.logs(tail=20).decode(errors="replace")
-        return _alerts(logs, self.config)
 
     def stop(self, timeout: float) -> bool:
-        import docker
-
-        container = self._container()
-        if container is None:
-            return False
-        forced = False
-        try:
-            if container.status == "running":
-                container.kill(signal="SIGUSR1")
-                try:
-                    container.wait(timeout=timeout + 1.0)
-                except Exception:  # requests' ReadTimeout: the soft stop did not finish
-                    container.kill()
-                    forced = True
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
-            raise InfraError(f"cannot stop the router container: {_docker_reason(exc)}") from None
+        forced = self.stop_container(timeout)
         self.paths.socket.unlink(missing_ok=True)
         return forced
 
 
-def _docker_reason(exc: Exception) -> str:
+def docker_reason(exc: Exception) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return " ".join(str(text).split())[:300]
 
 
 def runner_for(settings: Settings, config: RouterConfig) -> Runner:
-    """The runner of ``router.mode``: a container, else a daemon on the host."""
-    if settings.raw.router.mode == "container":
+    """The runner of ``router.mode``: a container (on the remote host with
+    ``DOCKER_HOST=ssh://``), else a daemon on this machine."""
+    container = settings.raw.router.mode == "container"
+    if is_remote(settings):
+        if not container:
+            raise ConfigError(
+                'router.mode = "host" runs HAProxy on this machine, but DOCKER_HOST names'
+                ' a remote host: set router.mode = "container"'
+            )
+        from releasegate.router.remote import RemoteContainerRunner
+
+        return RemoteContainerRunner(settings, config)
+    if container:
         return _ContainerRunner(settings, config)
     return _HostRunner(settings, config)
+
+
+def runtime_client(settings: Settings, config: RouterConfig, timeout: float = 5.0) -> RuntimeClient:
+    """A client of the runtime API of the router of ``settings``, wherever it runs."""
+    return RuntimeClient(runner_for(settings, config).admin_socket(), timeout=timeout)

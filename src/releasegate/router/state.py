@@ -14,6 +14,7 @@ from typing import Any
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, InfraError
 from releasegate.router.config import COLORS, router_config
+from releasegate.router.process import runtime_client
 from releasegate.router.runtime import (
     AdminState,
     RuntimeClient,
@@ -149,7 +150,7 @@ class RouterState:
 
 def client_for(settings: Settings) -> RuntimeClient:
     """A runtime API client for the router of ``settings``."""
-    return RuntimeClient(router_config(settings).paths.socket)
+    return runtime_client(settings, router_config(settings))
 
 
 def _int(value: str | None) -> int:
@@ -217,7 +218,7 @@ def read_state(client: RuntimeClient, backend: str, *, with_info: bool = True) -
 def router_status(settings: Settings) -> RouterState:
     """The router's current state; :class:`InfraError` when its runtime API is unreachable."""
     config = router_config(settings)
-    return read_state(RuntimeClient(config.paths.socket), config.backend)
+    return read_state(runtime_client(settings, config), config.backend)
 
 
 def live_color(settings: Settings) -> str | None:
@@ -238,7 +239,7 @@ def wait_healthy(
     Returns the state that showed them healthy; :class:`CheckFailed` after ``timeout``.
     """
     config = router_config(settings)
-    client = RuntimeClient(config.paths.socket)
+    client = runtime_client(settings, config)
     deadline = time.monotonic() + timeout
     while True:
         state = read_state(client, config.backend, with_info=False)
@@ -256,7 +257,7 @@ def wait_drained(settings: Settings, color: str, timeout: float, *, poll: float 
     """Wait until ``color`` has no open session left; False if some remain at ``timeout``."""
     check_color(color)
     config = router_config(settings)
-    client = RuntimeClient(config.paths.socket)
+    client = runtime_client(settings, config)
     deadline = time.monotonic() + timeout
     while True:
         if read_state(client, config.backend, with_info=False)[color].sessions == 0:

@@ -15,7 +15,8 @@ from typing import Any
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
 from releasegate.router.config import COLORS, TOTAL_WEIGHT, router_config
-from releasegate.router.runtime import RuntimeClient, set_state_command, set_weight_command
+from releasegate.router.process import runtime_client
+from releasegate.router.runtime import set_state_command, set_weight_command
 from releasegate.router.state import (
     RouterState,
     check_color,
@@ -86,7 +87,7 @@ def _switch(
 ) -> SwitchResult:
     started = time.perf_counter()
     config = router_config(settings)
-    client = RuntimeClient(config.paths.socket)
+    client = runtime_client(settings, config)
     before = read_state(client, config.backend, with_info=False)
     receivers = [color for color in COLORS if weights[color] > 0]
     # A color in maintenance is not health-checked: bring it back without traffic first.
