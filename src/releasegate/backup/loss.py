@@ -144,13 +144,16 @@ def traffic(settings: Settings) -> tuple[str | None, str]:
     reached) serves no color.
     """
     from releasegate.router.config import router_config
+    from releasegate.router.process import runner_for
     from releasegate.router.state import router_status
 
     try:
-        socket = router_config(settings).paths.socket
+        running = runner_for(settings, router_config(settings)).running()
     except ConfigError as exc:
         return None, f"no live color (no usable router: {exc})"
-    if not socket.exists():
+    except InfraError as exc:
+        return None, f"no live color (the router's host does not answer: {exc})"
+    if running is None:
         return None, "no live color (the router is not running)"
     try:
         live = router_status(settings).live
