@@ -7,6 +7,7 @@ database. Each test that asks for `pg_url` gets a database of its own, dropped a
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -218,3 +219,41 @@ def project(tmp_path: Path, pg_url: str) -> Project:
     proj = Project(tmp_path, pg_url, service)
     proj.write_config(EXAMPLE_CONFIG.format(service=service, url_env=proj.url_env))
     return proj
+
+
+# -- the router image of container mode -----------------------------------------------
+
+LOCAL_IMAGE = "releasegate-test/haproxy:host"
+
+
+def local_haproxy_image() -> str:
+    """An image holding the host's haproxy and its libraries (no registry needed)."""
+    import io
+    import tarfile
+
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.skip(f"Docker is unreachable: {exc}")
+    try:
+        client.images.get(LOCAL_IMAGE)
+        return LOCAL_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed")
+    ldd = subprocess.run(["ldd", haproxy], capture_output=True, text=True, check=True).stdout
+    files = [haproxy] + [word for word in ldd.split() if word.startswith("/")]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in files:
+            tar.add(os.path.realpath(name), arcname=name.lstrip("/"))
+        tmp = tarfile.TarInfo("tmp")
+        tmp.type = tarfile.DIRTYPE
+        tmp.mode = 0o1777
+        tar.addfile(tmp)
+    client.api.import_image_from_data(buffer.getvalue(), repository=LOCAL_IMAGE)
+    return LOCAL_IMAGE

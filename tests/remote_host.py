@@ -69,6 +69,33 @@ class RemoteHost:
         )
 
 
+def ssh_env(host: RemoteHost, known_hosts: Path | None = None) -> dict[str, str]:
+    """What a CI job sets: DOCKER_HOST and the pinned key files (no ssh_config, no agent)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASEGATE_")}
+    return {
+        **env,
+        "DOCKER_HOST": host.docker_host,
+        "RELEASEGATE_SSH_KNOWN_HOSTS": str(known_hosts or host.known_hosts),
+        "RELEASEGATE_SSH_IDENTITY_FILE": str(host.ssh_key),
+        "RELEASEGATE_DEPLOY__REMOTE_DOCKER_SOCKET": host.docker_socket,
+    }
+
+
+def load_on_remote(host: RemoteHost, image: str) -> None:
+    """``docker save`` here, ``docker load`` on the remote engine (no registry needed)."""
+    if host.docker("image", "inspect", image).returncode == 0:
+        return
+    saved = subprocess.run(["docker", "save", image], capture_output=True, check=True, timeout=120)
+    loaded = subprocess.run(
+        ["docker", "load"],
+        input=saved.stdout,
+        env=host.docker_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+
+
 def _state_dir() -> Path:
     return Path(os.environ.get("RELEASEGATE_REMOTE_STATE_DIR", "/var/lib/releasegate/remote-host"))
 

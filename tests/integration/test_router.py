@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, local_haproxy_image
 
 from releasegate.config import Settings, load_config
 from releasegate.errors import CheckFailed, ConfigError, InfraError, RollbackFailed, StateError
@@ -566,39 +566,6 @@ def test_no_failed_request_when_a_serving_color_dies(router: Router) -> None:
 
 
 # -- container mode -------------------------------------------------------------------
-
-LOCAL_IMAGE = "releasegate-test/haproxy:host"
-
-
-def local_haproxy_image() -> str:
-    """An image holding the host's haproxy and its libraries (no registry needed)."""
-    import io
-    import tarfile
-
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"Docker is unreachable: {exc}")
-    try:
-        client.images.get(LOCAL_IMAGE)
-        return LOCAL_IMAGE
-    except docker.errors.ImageNotFound:
-        pass
-    assert HAPROXY is not None
-    ldd = subprocess.run(["ldd", HAPROXY], capture_output=True, text=True, check=True).stdout
-    files = [HAPROXY] + [word for word in ldd.split() if word.startswith("/")]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in files:
-            tar.add(os.path.realpath(name), arcname=name.lstrip("/"))
-        tmp = tarfile.TarInfo("tmp")
-        tmp.type = tarfile.DIRTYPE
-        tmp.mode = 0o1777
-        tar.addfile(tmp)
-    client.api.import_image_from_data(buffer.getvalue(), repository=LOCAL_IMAGE)
-    return LOCAL_IMAGE
 
 
 def test_container_mode(tmp_path: Path, backends: tuple[ColorServer, ColorServer]) -> None:

@@ -19,27 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_ports
-from remote_host import RemoteHost
-from test_router import local_haproxy_image
-from test_ssh_transport import releasegate, ssh_env
+from conftest import free_ports, local_haproxy_image
+from remote_host import RemoteHost, load_on_remote, ssh_env
+from test_ssh_transport import releasegate
 
 from releasegate.router.config import COLOR_HEADER
-
-
-def load_on_remote(host: RemoteHost, image: str) -> None:
-    """``docker save`` here, ``docker load`` on the remote engine (no registry needed)."""
-    if host.docker("image", "inspect", image).returncode == 0:
-        return
-    saved = subprocess.run(["docker", "save", image], capture_output=True, check=True, timeout=120)
-    loaded = subprocess.run(
-        ["docker", "load"],
-        input=saved.stdout,
-        env=host.docker_env(),
-        capture_output=True,
-        timeout=120,
-    )
-    assert loaded.returncode == 0, loaded.stderr
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -25,7 +24,7 @@ import docker
 import httpx
 import pytest
 from conftest import ensure_base_image, free_ports
-from remote_host import RemoteHost
+from remote_host import RemoteHost, ssh_env
 
 from releasegate.errors import ExitCode, InfraError
 from releasegate.hosts.ssh import SshTarget, SshTunnel
@@ -155,18 +154,6 @@ memory = "128m"
 """
     )
     return path
-
-
-def ssh_env(host: RemoteHost, known_hosts: Path | None = None) -> dict[str, str]:
-    """What a CI job sets: DOCKER_HOST and the pinned key files (no ssh_config, no agent)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASEGATE_")}
-    return {
-        **env,
-        "DOCKER_HOST": host.docker_host,
-        "RELEASEGATE_SSH_KNOWN_HOSTS": str(known_hosts or host.known_hosts),
-        "RELEASEGATE_SSH_IDENTITY_FILE": str(host.ssh_key),
-        "RELEASEGATE_DEPLOY__REMOTE_DOCKER_SOCKET": host.docker_socket,
-    }
 
 
 def releasegate(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from releasegate.config import Settings
 from releasegate.errors import InfraError
+from releasegate.hosts.transport import transport
 from releasegate.router.config import (
     BACKEND_HOST,
     RouterConfig,
@@ -216,9 +217,11 @@ def router_down(settings: Settings, *, forget: bool = False) -> DownResult:
 
 
 def router_address(settings: Settings) -> str:
-    """The URL clients use to reach the service through the router."""
+    """The URL at which releasegate reaches the service through the router: the bind
+    address as the Docker host sees it, reached the way the transport reaches that host
+    (over ssh, through a forwarded port)."""
     bind = settings.raw.router.bind
     host, _, port = bind.rpartition(":")
     if host in ("", "*", "0.0.0.0", "::", "[::]"):
         host = BACKEND_HOST
-    return f"http://{host}:{port}"
+    return transport(settings).color_url(int(port), host)
