@@ -18,12 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import free_ports, local_haproxy_image
 from remote_host import RemoteHost, load_on_remote, ssh_env
 from test_ssh_transport import releasegate
 
+from releasegate.config import load_config
+from releasegate.hosts.transport import close_ssh_hosts
 from releasegate.router.config import COLOR_HEADER
+from releasegate.router.manager import router_address
 
 
 @pytest.fixture
@@ -123,6 +127,13 @@ check_interval = "200ms"
             time.sleep(0.2)
             status = cli("status")
         assert color_seen_on_remote(remote_host, bind_port) == "blue"
+        # What the release's watch asks: the bind address on the remote loopback, through
+        # a port the tunnel forwards (nothing listens on this machine's bind_port).
+        settings = load_config(config, env)
+        address = router_address(settings)
+        assert address != f"http://127.0.0.1:{bind_port}"
+        assert httpx.get(address, timeout=10).headers[COLOR_HEADER] == "blue"
+        close_ssh_hosts()
 
         cli("promote", "green")
         assert cli("status")["live"] == "green"
