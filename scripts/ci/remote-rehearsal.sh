@@ -40,6 +40,11 @@ cleanup() {
   fi
   remote_docker rm --force "$SERVICE-blue" "$SERVICE-green" "releasegate-router-$SERVICE" >/dev/null 2>&1
   remote_docker volume rm --force "releasegate-router-$SERVICE" >/dev/null 2>&1
+  local repository
+  for repository in "$REMOTE_ADDR:$REMOTE_REGISTRY_PORT/$SERVICE" "releasegate-rehearsal/$SERVICE"; do
+    remote_docker images --quiet "$repository" | xargs -r docker -H "unix://$REMOTE_DOCKER_SOCKET" rmi --force >/dev/null 2>&1
+    docker images --quiet "$repository" | sort -u | xargs -r docker rmi --force >/dev/null 2>&1
+  done
   rm -rf "$WORK"
   [ "$already_running" -eq 1 ] || stop_remote_host
 }

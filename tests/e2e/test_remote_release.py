@@ -178,3 +178,9 @@ def test_release_to_the_remote_host_promotes_and_rolls_back_without_a_failed_req
         for name in (f"{service}-blue", f"{service}-green", f"releasegate-router-{service}"):
             remote_host.docker("rm", "--force", name)
         remote_host.docker("volume", "rm", "--force", f"releasegate-router-{service}")
+        for pulled in remote_host.docker("images", "--quiet", repository).stdout.split():
+            remote_host.docker("image", "rm", "--force", pulled)
+        runner = docker.from_env()
+        for name in (repository, f"releasegate-test/{service}"):
+            for image in runner.images.list(name=name):
+                runner.images.remove(image.id, force=True)
