@@ -18,10 +18,7 @@ config="${RG_CONFIG:-releasegate.toml}"
 commit="$(git rev-parse --verify --quiet "$RG_VERSION^{commit}" || git rev-parse --verify "origin/$RG_VERSION^{commit}")"
 
 fail() { # fail CODE MESSAGE: one error line (and an annotation under Actions)
-  printf 'error: %s\n' "$(one_line "$2")" >&2
-  if [ "${GITHUB_ACTIONS:-}" = true ] || [ "${ACT:-}" = true ]; then
-    workflow_command error "$2" "title=releasegate image"
-  fi
+  report_error "releasegate image" "$2"
   exit "$1"
 }
 digest_of() { # digest_of REF: IMAGE@sha256:... of a pulled or pushed image, or nothing

@@ -143,12 +143,7 @@ elif [ "$target" = ephemeral ]; then
 fi
 
 if [ ${#problems[@]} -gt 0 ]; then
-  for p in "${problems[@]}"; do
-    printf 'error: %s\n' "$(one_line "$p")" >&2
-    if [ "${GITHUB_ACTIONS:-}" = true ] || [ "${ACT:-}" = true ]; then
-      workflow_command error "$p" "title=releasegate preflight"
-    fi
-  done
+  for p in "${problems[@]}"; do report_error "releasegate preflight" "$p"; done
   echo "preflight failed: nothing was built or deployed" >&2
   exit 2
 fi

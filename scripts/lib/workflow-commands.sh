@@ -36,3 +36,12 @@ one_line() {
   local text="${1//$'\r'/\\r}"
   printf '%s' "${text//$'\n'/\\n}"
 }
+
+# report_error TITLE MESSAGE: the `error: ...` line on stderr and, under Actions or act,
+# the same message as an annotation titled TITLE, both escaped.
+report_error() {
+  printf 'error: %s\n' "$(one_line "$2")" >&2
+  if [ "${GITHUB_ACTIONS:-}" = true ] || [ "${ACT:-}" = true ]; then
+    workflow_command error "$2" "title=$1"
+  fi
+}
