@@ -9,7 +9,9 @@
 #
 # Settings (environment): RELEASEGATE_REMOTE_NS (rg-remote), RELEASEGATE_REMOTE_ADDR
 # (10.231.0.2/24), RELEASEGATE_REMOTE_HOST_SIDE_ADDR (10.231.0.1), RELEASEGATE_REMOTE_STATE_DIR
-# (/var/lib/releasegate/remote-host), RELEASEGATE_REMOTE_RUN_DIR (/run/releasegate-remote).
+# (/var/lib/releasegate/remote-host), RELEASEGATE_REMOTE_RUN_DIR (/run/releasegate-remote),
+# RELEASEGATE_REMOTE_VETH (rg-remote0), RELEASEGATE_REMOTE_PG_CLUSTER (remote) and
+# RELEASEGATE_REMOTE_PG_PORT (5433). Overriding all of them starts a second, independent host.
 # The facts the tests need (paths, ports, users; never a secret) go to
 # $REMOTE_STATE/remote-host.env.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -27,8 +29,8 @@ REMOTE_SSH_PORT=22
 REMOTE_SSH_USER=root
 REMOTE_REGISTRY_PORT=5000
 REMOTE_PG_VERSION=15
-REMOTE_PG_CLUSTER=remote
-REMOTE_PG_PORT=5433
+REMOTE_PG_CLUSTER="${RELEASEGATE_REMOTE_PG_CLUSTER:-remote}"
+REMOTE_PG_PORT="${RELEASEGATE_REMOTE_PG_PORT:-5433}"
 REMOTE_PG_USER=releasegate
 REMOTE_REDIS_PORT=6379
 
