@@ -352,6 +352,11 @@ def test_a_service_repository_releases_through_the_reusable_workflows(
     with BookmarkWriter(production.public_url) as during_rollback:
         undone = _act(repo, rollback, image, "--input", f"release-id={release_id}", *remote)
     assert undone.outcome == "rolled_back", undone.log[-6000:]
+    # The fresh job has no backup folder: the content check read the set from the bucket.
+    assert "**Verification: passed**" in undone.log
+    assert re.search(
+        r"content public\.bookmarks \| .* \| `[1-9]\d* kept, 0 changed, 0 missing", undone.log
+    )
     assert _serving_variant(production) == "v1"
     for writer in (during_release, during_rollback):
         assert writer.acknowledged and writer.failed == 0, writer.failed

@@ -5,6 +5,7 @@ everything; ``--force`` writes again; bad input is one error line, exit 2, nothi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,8 +22,14 @@ WORKFLOWS = [
     ".github/workflows/releasegate-production.yml",
     ".github/workflows/releasegate-rollback.yml",
 ]
-WRITTEN = ["releasegate.toml", "smoke.toml", "loadtests/locustfile.py", *WORKFLOWS]
-OWN_FILES = ("releasegate.toml", "smoke.toml", "loadtests")
+WRITTEN = [
+    "releasegate.toml",
+    "releasegate.production.toml",
+    "smoke.toml",
+    "loadtests/locustfile.py",
+    *WORKFLOWS,
+]
+OWN_FILES = ("releasegate.toml", "releasegate.production.toml", "smoke.toml", "loadtests")
 
 
 def _tool(name: str) -> str:
@@ -80,6 +87,17 @@ def test_init_writes_a_setup_that_passes_every_check(service: Path) -> None:
 
     check = _run("config", "check", cwd=service, env={"DATABASE_URL": "postgresql://u@h/db"})
     assert check.returncode == 0, check.stdout + check.stderr
+    production = _run(
+        "config",
+        "check",
+        "--json",
+        cwd=service,
+        env={"DATABASE_URL": "postgresql://u@h/db", "RELEASEGATE_ENVIRONMENT": "production"},
+    )
+    assert production.returncode == 0, production.stdout + production.stderr
+    resolved = json.loads(production.stdout)
+    assert resolved["environment_config"] == str(service / "releasegate.production.toml")
+    assert resolved["router"]["mode"] == "container"
 
     schema = subprocess.run(
         [_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *WORKFLOWS],

@@ -53,6 +53,8 @@ STORE_URL_ENVS = {
     "qdrant": ("QDRANT_URL", "QDRANT_API_KEY"),
 }
 CONFIG_NAME = "releasegate.toml"
+# Laid over CONFIG_NAME in the production environment (releasegate.config_files).
+PRODUCTION_CONFIG_NAME = "releasegate.production.toml"
 
 
 def template(name: str) -> str:
@@ -212,6 +214,9 @@ def render_files(plan: ServicePlan) -> dict[str, str]:
     rate = {"rate": str(REQUESTS_PER_USER_S)}
     return {
         CONFIG_NAME: render_config(plan),
+        PRODUCTION_CONFIG_NAME: render(
+            template("releasegate.production.toml.tmpl"), {"service": plan.service}
+        ),
         "smoke.toml": render(
             template("smoke.toml.tmpl"), {**paths, "health_path": plan.health_path}
         ),
