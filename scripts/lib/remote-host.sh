@@ -4,8 +4,10 @@
 # registry (TLS), a PostgreSQL cluster and a redis-server, all listening on that address
 # only: the runner side reaches them the way a CI runner reaches a production host.
 #
-#   start_remote_host   idempotent; prints one line per component and a summary
-#   stop_remote_host    stops every component, removes the namespace; leaves no process
+#   start_remote_host     idempotent; prints one line per component and a summary
+#   stop_remote_host      stops every component, removes the namespace; leaves no process
+#   stop_remote_registry  the registry alone (a fault for tests); start_remote_registry
+#                         or start_remote_host brings it back
 #
 # Settings (environment): RELEASEGATE_REMOTE_NS (rg-remote), RELEASEGATE_REMOTE_ADDR
 # (10.231.0.2/24), RELEASEGATE_REMOTE_HOST_SIDE_ADDR (10.231.0.1), RELEASEGATE_REMOTE_STATE_DIR
@@ -372,6 +374,8 @@ unmount_under() {
   done <<<"$mounts"
 }
 
+stop_remote_registry() { stop_pidfile registry "$REMOTE_RUN/registry.pid" 10; }
+
 stop_remote_host() {
   [ "$(id -u)" -eq 0 ] || { log "the remote host needs root (network namespaces)"; return 2; }
   stop_pidfile redis-server "$REMOTE_RUN/redis.pid" 10
@@ -379,7 +383,7 @@ stop_remote_host() {
     pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" stop -m fast
     log "remote host: stopped PostgreSQL"
   fi
-  stop_pidfile registry "$REMOTE_RUN/registry.pid" 10
+  stop_remote_registry
   # dockerd stops its containers and its containerd on TERM.
   stop_pidfile dockerd "$REMOTE_RUN/docker.pid" 30
   stop_pidfile sshd "$REMOTE_RUN/sshd.pid" 10

@@ -132,6 +132,8 @@ class SshTunnel:
         self._master: subprocess.Popen[bytes] | None = None
         self._socket_forwards: dict[str, Path] = {}
         self._port_forwards: dict[tuple[str, int], int] = {}
+        # How often the connection dropped and was made again (for the release's message).
+        self.drops = 0
 
     def __enter__(self) -> SshTunnel:
         self.open()
@@ -184,10 +186,20 @@ class SshTunnel:
         return InfraError(f"ssh {self.target}: {reason}")
 
     def open(self) -> None:
-        """Connect and authenticate; InfraError (the tunnel closed again) when that fails."""
+        """Connect and authenticate; InfraError (the tunnel closed) when that fails.
+
+        A master that has died (the connection dropped) is replaced, and every forward
+        it carried is set up again at the same local port or socket: clients and URLs
+        handed out before the drop work again once the tunnel is open.
+        """
         if self.is_open:
-            return
-        self._dir = Path(tempfile.mkdtemp(prefix="rg-ssh-"))
+            if self._run_control("check").returncode == 0:
+                return
+            self._end_master()  # alive but no longer connected: dying
+        reconnecting = self._master is not None
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="rg-ssh-"))
+        self._control().unlink(missing_ok=True)
         log = self._dir / "master.log"
         with log.open("wb") as stderr:
             # A session of its own: Ctrl-C must not cut the tunnel a rollback still needs.
@@ -209,6 +221,17 @@ class SshTunnel:
                 self.close()
                 raise self._failure(f"{UNREACHABLE} (no login within {self.connect_timeout:g}s)")
             time.sleep(0.05)
+        if reconnecting:
+            self.drops += 1
+            try:
+                for remote_path, local in self._socket_forwards.items():
+                    self._forward(f"{local}:{remote_path}", remote_path)
+                for (remote_host, remote_port), local_port in self._port_forwards.items():
+                    spec = f"127.0.0.1:{local_port}:{remote_host}:{remote_port}"
+                    self._forward(spec, f"{(remote_host, remote_port)}")
+            except InfraError:
+                self.close()
+                raise
 
     def _run_control(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -255,9 +278,8 @@ class SshTunnel:
             except OSError:
                 return False
 
-    def close(self) -> None:
-        """End the master (and every forward); idempotent."""
-        master, self._master = self._master, None
+    def _end_master(self) -> None:
+        master = self._master
         if master is not None and master.poll() is None:
             with contextlib.suppress(subprocess.SubprocessError, OSError, InfraError):
                 self._run_control("exit")
@@ -266,6 +288,11 @@ class SshTunnel:
             except subprocess.TimeoutExpired:
                 master.kill()
                 master.wait()
+
+    def close(self) -> None:
+        """End the master (and every forward); idempotent."""
+        self._end_master()
+        self._master = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

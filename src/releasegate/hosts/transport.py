@@ -52,6 +52,10 @@ class HostTransport(Protocol):
         """Whether something on the Docker host already listens on ``host:port``."""
         ...
 
+    def connection_drops(self) -> int:
+        """How often the connection to the host dropped and was made again."""
+        ...
+
 
 class LocalHost:
     """The Docker engine from the environment; colors on this machine."""
@@ -76,6 +80,9 @@ class LocalHost:
             except OSError:
                 return True
         return False
+
+    def connection_drops(self) -> int:
+        return 0  # no connection of releasegate's own to lose
 
 
 class SshHost:
@@ -104,6 +111,9 @@ class SshHost:
         would need a program on the host)."""
         self.tunnel.open()
         return self.tunnel.accepts(LOOPBACK if host in _ANY_ADDRESS else host, port)
+
+    def connection_drops(self) -> int:
+        return self.tunnel.drops
 
     def forward_socket(self, remote_path: str) -> Path:
         """A local unix socket that reaches the unix socket ``remote_path`` on the host."""
