@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psycopg
 import pytest
 import redis
 from bookmarks_repo import make_bookmarks_repo
@@ -133,6 +134,25 @@ class RemoteRelease:
     @property
     def repository(self) -> str:
         return f"{self.host.registry}/{self.service}"
+
+    def reach_stores_via_ssh(self) -> None:
+        """Name the stores as the remote host sees them, on its own loopback (nothing else
+        reaches that), with ``via_ssh``: releasegate connects through ssh forwards."""
+        at_address = f"@{self.host.address}:"
+        self.remote_env.update(
+            DATABASE_URL=self.database_url.replace(at_address, "@127.0.0.1:", 1),
+            REDIS_URL=self.redis_url.replace(at_address, "@127.0.0.1:", 1),
+            RELEASEGATE_POSTGRES__VIA_SSH="true",
+            RELEASEGATE_REDIS__VIA_SSH="true",
+        )
+
+    def release_outcomes(self) -> list[str]:
+        """The outcome of every release in the ledger, read directly on the host's server."""
+        with psycopg.connect(self.database_url) as conn:
+            rows = conn.execute(
+                "SELECT outcome FROM releasegate.releases WHERE kind = 'release' ORDER BY id"
+            )
+            return [str(outcome) for (outcome,) in rows.fetchall()]
 
     def releasegate(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 600

@@ -6,7 +6,9 @@
 - the registry is down when the CI step pushes an image, or when the host pulls the
   released digest: exit 3, one line (a digest the registry does not hold: exit 2);
 - the ssh connection drops during the SLO gate: the release rolls back over a new
-  connection, the rollback verifies and the public never sees an error.
+  connection, the rollback verifies and the public never sees an error;
+- it drops during migrate, with the stores reached through it (``via_ssh``): the release
+  stops (exit 3, one line: resume it) and ``release --resume`` rolls back and verifies.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from bookmarks_repo import advance
+from bookmarks_repo import VERSIONS, advance, git
 from release_env import Watcher
 from remote_host import SCRIPT, RemoteHost, new_key_pair, other_known_hosts
 from remote_release_env import PublicClient, RemoteRelease, open_remote_release, run
@@ -192,6 +194,75 @@ def test_the_ssh_connection_dropped_during_the_gate_rolls_back_over_a_new_one(
         ), data["error"]
         assert data["rollback"]["verification"]["ok"] is True, data["rollback"]
         assert data["colors"]["live_after"] == first["colors"]["live_after"]
+        assert target.containers() == [
+            f"{target.service}-{first['colors']['live_after']}",
+            f"releasegate-router-{target.service}",
+        ]
+        ok, failed = public.stop()
+        assert ok > 0 and failed == 0
+    finally:
+        public.stop()
+
+
+@pytest.mark.slow
+def test_the_ssh_connection_dropped_during_migrate_with_stores_through_it(
+    target: RemoteRelease,
+) -> None:
+    """With the stores reached through ssh forwards, the connection ends while a
+    migration runs: the release stops (its lock and ledger sessions went with the
+    connection) with one line that says to resume, and ``release --resume`` rolls back
+    and verifies. The public, served by blue on the host, sees no error."""
+    target.reach_stores_via_ssh()
+    _, first = target.release("--image", target.build_and_push("v1"))
+    assert first["outcome"] == "succeeded", first.get("error")
+    public = PublicClient(target)
+    try:
+        advance(target.repo, "v2")
+        image = target.build_and_push("v2")
+        # A migration that takes a while, so that the connection drops while it runs.
+        expand = next((target.repo / VERSIONS).glob("0002_*.py"))
+        text = expand.read_text()
+        expand.write_text(
+            text.replace(
+                "    op.add_column(", '    op.execute("SELECT pg_sleep(4)")\n    op.add_column(', 1
+            )
+        )
+        git(target.repo, "commit", "--quiet", "-am", "a slow expand")
+        proc = target.popen("release", "--image", image, "--json")
+        dropped: list[int] = []
+
+        def migrating() -> bool:
+            with psycopg.connect(target.database_url, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(4)%'"
+                ).fetchall()
+            return bool(rows)
+
+        def drop() -> None:
+            for master in _ssh_masters(proc.pid):
+                os.kill(master, signal.SIGKILL)
+                dropped.append(master)
+
+        watcher = Watcher(migrating, drop)
+        watcher.start()
+        out, err = proc.communicate(timeout=600)
+        watcher.join(30)
+        assert watcher.fired and watcher.error is None and dropped, watcher.error
+        assert proc.returncode == 3, out + err
+        assert out == "" and err.count("error:") == 1, err
+        stopped = err.splitlines()[-1]
+        print(stopped)
+        assert stopped.startswith("error: release ") and stopped.endswith(
+            f"stopped: its ledger session was lost (the connection to root@{target.host.address}"
+            " over ssh dropped); `releasegate release --resume` rolls it back or finishes it"
+        ), stopped
+        assert target.release_outcomes() == ["succeeded", "running"]
+
+        resumed, data = target.release("--resume")
+        assert resumed.returncode == 1, resumed.stderr[-3000:]
+        assert data["outcome"] == "rolled_back", data.get("error")
+        assert data["rollback"]["verification"]["ok"] is True, data["rollback"]
+        assert target.release_outcomes() == ["succeeded", "rolled_back"]
         assert target.containers() == [
             f"{target.service}-{first['colors']['live_after']}",
             f"releasegate-router-{target.service}",

@@ -25,6 +25,22 @@ def test_release_to_the_remote_host_promotes_and_rolls_back_without_a_failed_req
         release_and_watch_the_public(target)
 
 
+@pytest.mark.slow
+def test_release_with_the_stores_reached_through_ssh_forwards(
+    remote_host: RemoteHost, tmp_path: Path
+) -> None:
+    """Postgres and Redis listen on the remote host's own loopback (as on a host that
+    exposes no database port): releasegate reaches them, ledger and lock included,
+    through forwards over its ssh connection, and pg_dump runs here through one."""
+    with open_remote_release(remote_host, tmp_path) as target:
+        target.reach_stores_via_ssh()
+        release_and_watch_the_public(target)
+        assert target.release_outcomes() == ["succeeded", "succeeded", "rolled_back"]
+        # pg_dump ran here, through the forward: a restore point per release.
+        sets = [p for p in (target.repo / ".releasegate" / "backups").iterdir() if p.is_dir()]
+        assert len(sets) == 3, sets
+
+
 def release_and_watch_the_public(target: RemoteRelease) -> None:
     public: PublicClient | None = None
     try:

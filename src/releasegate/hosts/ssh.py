@@ -132,8 +132,8 @@ class SshTunnel:
         self._master: subprocess.Popen[bytes] | None = None
         self._socket_forwards: dict[str, Path] = {}
         self._port_forwards: dict[tuple[str, int], int] = {}
-        # How often the connection dropped and was made again (for the release's message).
-        self.drops = 0
+        # How often the connection was made again after it dropped.
+        self._reconnects = 0
 
     def __enter__(self) -> SshTunnel:
         self.open()
@@ -146,6 +146,12 @@ class SshTunnel:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def drops(self) -> int:
+        """How often the connection dropped: made again since, or found dead by now."""
+        lost = self._master is not None and self._master.poll() is not None
+        return self._reconnects + int(lost)
 
     @property
     def is_open(self) -> bool:
@@ -222,7 +228,7 @@ class SshTunnel:
                 raise self._failure(f"{UNREACHABLE} (no login within {self.connect_timeout:g}s)")
             time.sleep(0.05)
         if reconnecting:
-            self.drops += 1
+            self._reconnects += 1
             try:
                 for remote_path, local in self._socket_forwards.items():
                     self._forward(f"{local}:{remote_path}", remote_path)

@@ -17,7 +17,13 @@ from typing import Any, Protocol
 
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.errors import ConfigError, ExitCode, ReleasegateError, StateError
+from releasegate.errors import (
+    ConfigError,
+    ExitCode,
+    InfraError,
+    ReleasegateError,
+    StateError,
+)
 from releasegate.hosts.transport import transport
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock, shared
@@ -235,12 +241,30 @@ def _run_from(ctx: ReleaseContext, first: int, listener: StepListener) -> Releas
                 failure = record
                 break
     except BaseException as exc:
+        if ctx.ledger.conn.closed:
+            # The ledger's session is gone, and the lock's with it when both go through
+            # the same connection: undoing now could race a runner that took the lock
+            # since. Stop; --resume takes the lock again and ends the release.
+            raise InfraError(_sessions_lost(ctx, exc)) from None
         # Interrupted (Ctrl-C, SIGTERM): undo what was done, then let the interrupt through.
         record = StepRecord("interrupted", "failed", 0.0, type(exc).__name__)
         ctx.steps.append(record)
         _finish(ctx, record, listener)
         raise
     return _finish(ctx, failure, listener)
+
+
+def _sessions_lost(ctx: ReleaseContext, exc: BaseException) -> str:
+    host = transport(ctx.settings)
+    why = (
+        f"the connection to {host.describe()} dropped"
+        if host.connection_drops()
+        else db.first_line(exc)
+    )
+    return (
+        f"release {ctx.release_id} stopped: its ledger session was lost ({why});"
+        " `releasegate release --resume` rolls it back or finishes it"
+    )
 
 
 def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener) -> ReleaseResult:
