@@ -19,16 +19,21 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import httpx
+import psycopg
 import pytest
+import redis
 import requests
 from conftest import ensure_base_image, free_ports
 from remote_host import RemoteHost, new_key_pair, other_known_hosts, ssh_env
 
+from releasegate.config import load_config
 from releasegate.errors import ExitCode, InfraError
 from releasegate.hosts.ssh import SshTarget, SshTunnel
+from releasegate.hosts.transport import close_ssh_hosts
 
 RELEASEGATE = Path(sys.executable).parent / "releasegate"
 
@@ -97,6 +102,38 @@ def test_a_dropped_connection_comes_back_with_the_same_local_endpoints(
             assert tunnel.drops == 1
         finally:
             client.close()
+
+
+def test_stores_via_ssh_are_reached_at_the_hosts_own_loopback(
+    remote_host: RemoteHost, tmp_path: Path
+) -> None:
+    """URLs as the host sees them (its loopback, which the runner cannot reach); the
+    settings hand out local forwards to them."""
+    at_address = f"@{remote_host.address}:"
+    config = tmp_path / "releasegate.toml"
+    config.write_text(
+        '[service]\nname = "svc"\n[postgres]\nvia_ssh = true\n[redis]\nvia_ssh = true\n'
+    )
+    env = {
+        **ssh_env(remote_host),
+        "DATABASE_URL": remote_host.postgres_url.replace(at_address, "@127.0.0.1:"),
+        "REDIS_URL": remote_host.redis_url.replace(at_address, "@127.0.0.1:"),
+    }
+    settings = load_config(config, env)
+    try:
+        postgres_url = settings.postgres_url()
+        assert postgres_url.startswith("postgresql://")
+        assert urlsplit(postgres_url).port != remote_host.postgres_port
+        with psycopg.connect(postgres_url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT host(inet_server_addr())").fetchone()
+        assert row == ("127.0.0.1",)  # the host's loopback, through the forward
+        client = redis.Redis.from_url(settings.redis_url(), socket_timeout=10)
+        try:
+            assert client.ping() is True
+        finally:
+            client.close()
+    finally:
+        close_ssh_hosts()
 
 
 def test_a_forwarded_port_reaches_the_remote_hosts_own_view(remote_host: RemoteHost) -> None:
