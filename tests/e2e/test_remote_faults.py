@@ -106,6 +106,7 @@ def _remote_host_script(function: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_registry_down_when_the_host_pulls_is_exit_3_and_no_change(
     target: RemoteRelease,
 ) -> None:

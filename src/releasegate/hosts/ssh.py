@@ -44,6 +44,9 @@ _FAILURES = (
     ("Could not resolve hostname", UNREACHABLE, "the name does not resolve"),
 )  # fmt: skip
 
+# How long a master that answered ``ssh -O check`` counts as connected.
+_CHECK_EVERY_S = 1.0
+
 # A forwarded connection that the remote end accepts stays open at least this long;
 # one that nothing accepts there is closed by ssh at once.
 _PROBE_S = 1.0
@@ -134,6 +137,7 @@ class SshTunnel:
         self._port_forwards: dict[tuple[str, int], int] = {}
         # How often the connection was made again after it dropped.
         self._reconnects = 0
+        self._checked_at = 0.0
 
     def __enter__(self) -> SshTunnel:
         self.open()
@@ -199,7 +203,12 @@ class SshTunnel:
         handed out before the drop work again once the tunnel is open.
         """
         if self.is_open:
+            # A master whose connection broke exits; asking it (~20 ms) only catches one
+            # that is about to, so once a second is enough.
+            if time.monotonic() - self._checked_at < _CHECK_EVERY_S:
+                return
             if self._run_control("check").returncode == 0:
+                self._checked_at = time.monotonic()
                 return
             self._end_master()  # alive but no longer connected: dying
         reconnecting = self._master is not None
@@ -227,6 +236,7 @@ class SshTunnel:
                 self.close()
                 raise self._failure(f"{UNREACHABLE} (no login within {self.connect_timeout:g}s)")
             time.sleep(0.05)
+        self._checked_at = time.monotonic()
         if reconnecting:
             self._reconnects += 1
             try:
