@@ -97,8 +97,7 @@ class PostgresSection(Section):
     # Database used to create and drop scratch databases on the same server.
     maintenance_db: str = "postgres"
     connect_timeout: Duration = 5.0
-    # True: the URL's host and port are as the Docker host (DOCKER_HOST=ssh://) sees them,
-    # and releasegate connects through a forward over its ssh connection to that host.
+    # True: the URL is as the DOCKER_HOST=ssh:// host sees it, reached through a forward.
     via_ssh: bool = False
 
 
@@ -480,15 +479,13 @@ class Settings:
         return transport(self).store_url(url, key)
 
     def postgres_url(self) -> str:
-        """The Postgres URL from the environment (the address releasegate connects to:
-        see ``postgres.via_ssh``); a config error when it is not set."""
+        """The Postgres URL to connect to (see ``via_ssh``); a config error if not set."""
         section = self.raw.postgres
         url = self._url_from(section.url_env, "postgres.url_env")
         return self._reachable(url, section.via_ssh, "postgres.via_ssh")
 
     def redis_url(self) -> str:
-        """The Redis URL from the environment (the address releasegate connects to: see
-        ``redis.via_ssh``); a config error without a [redis] section."""
+        """The Redis URL to connect to (see ``via_ssh``); a config error without [redis]."""
         section = self.raw.redis
         if section is None:
             raise ConfigError(f"{self.path.name} has no [redis] section")
