@@ -2,10 +2,13 @@
 # Sourced: a simulated remote host on this machine, for releasing over ssh:// in tests and
 # rehearsals. A network namespace with an address of its own holds an sshd, a dockerd, a
 # registry (TLS), a PostgreSQL cluster and a redis-server, all listening on that address
-# only: the runner side reaches them the way a CI runner reaches a production host.
+# only (the two stores also on the namespace's own loopback, reached only through an ssh
+# forward): the runner side reaches them the way a CI runner reaches a production host.
 #
-#   start_remote_host   idempotent; prints one line per component and a summary
-#   stop_remote_host    stops every component, removes the namespace; leaves no process
+#   start_remote_host     idempotent; prints one line per component and a summary
+#   stop_remote_host      stops every component, removes the namespace; leaves no process
+#   stop_remote_registry  the registry alone (a fault for tests); start_remote_registry
+#                         or start_remote_host brings it back
 #
 # Settings (environment): RELEASEGATE_REMOTE_NS (rg-remote), RELEASEGATE_REMOTE_ADDR
 # (10.231.0.2/24), RELEASEGATE_REMOTE_HOST_SIDE_ADDR (10.231.0.1), RELEASEGATE_REMOTE_STATE_DIR
@@ -222,6 +225,10 @@ remote_pg_status() {
     '$1 == v && $2 == c {print $4}'
 }
 
+remote_pg_setting() {
+  su postgres -c "psql -XAtq -h $REMOTE_RUN/postgres -p $REMOTE_PG_PORT -c 'SHOW $1'" 2>/dev/null
+}
+
 start_remote_postgres() {
   local password_file socket_dir="$REMOTE_RUN/postgres"
   password_file="$(secret_file postgres)"
@@ -232,17 +239,25 @@ start_remote_postgres() {
   fi
   mkdir -p "$socket_dir"
   chown postgres:postgres "$socket_dir"
+  # Also the namespace's own loopback: what a store reached through an ssh forward
+  # (via_ssh) names, and which only the host itself (or a forward) can reach.
+  local listen="$REMOTE_ADDR,127.0.0.1"
   cat >"$REMOTE_PG_CONF/conf.d/releasegate-remote.conf" <<CONF
-listen_addresses = '$REMOTE_ADDR'
+listen_addresses = '$listen'
 unix_socket_directories = '$socket_dir'
 CONF
   cat >"$REMOTE_PG_CONF/pg_hba.conf" <<CONF
 local all postgres peer
 host all all $REMOTE_ADDR/32 scram-sha-256
 host all all $REMOTE_HOST_SIDE_ADDR/32 scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
 CONF
   if [ "$(remote_pg_status)" != online ]; then
     in_remote_ns pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" start \
+      </dev/null >>"$REMOTE_STATE/logs/postgres.log" 2>&1
+  elif [ "$(remote_pg_setting listen_addresses)" != "$listen" ]; then
+    # A cluster started by an earlier version of this script: addresses need a restart.
+    in_remote_ns pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" restart -m fast \
       </dev/null >>"$REMOTE_STATE/logs/postgres.log" 2>&1
   else
     pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" reload
@@ -263,7 +278,7 @@ END
 \$\$;
 SQL
   log "remote host: PostgreSQL $REMOTE_PG_VERSION on $REMOTE_ADDR:$REMOTE_PG_PORT" \
-    "(role $REMOTE_PG_USER)"
+    "and its own 127.0.0.1 (role $REMOTE_PG_USER)"
 }
 
 redis_ready() {
@@ -278,7 +293,7 @@ start_remote_redis() {
   chmod 700 "$dir"
   # The password sits in a root-only config file, so it is in no process's argv.
   (umask 077 && cat >"$dir/redis.conf") <<CONF
-bind $REMOTE_ADDR
+bind $REMOTE_ADDR 127.0.0.1
 port $REMOTE_REDIS_PORT
 protected-mode yes
 requirepass $(cat "$password_file")
@@ -290,9 +305,18 @@ save ""
 appendonly no
 databases 64
 CONF
-  pid_alive "$REMOTE_RUN/redis.pid" || in_remote_ns redis-server "$dir/redis.conf"
+  if pid_alive "$REMOTE_RUN/redis.pid"; then
+    # Started by an earlier version of this script: the namespace's loopback too (as for
+    # PostgreSQL), set at runtime so that the data stays.
+    wait_until 50 redis_ready || { tail -n 20 "$REMOTE_STATE/logs/redis.log" >&2; return 1; }
+    REDISCLI_AUTH="$(cat "$password_file")" redis-cli -h "$REMOTE_ADDR" \
+      -p "$REMOTE_REDIS_PORT" config set bind "$REMOTE_ADDR 127.0.0.1" >/dev/null
+  else
+    in_remote_ns redis-server "$dir/redis.conf"
+  fi
   wait_until 50 redis_ready || { tail -n 20 "$REMOTE_STATE/logs/redis.log" >&2; return 1; }
-  log "remote host: redis-server on $REMOTE_ADDR:$REMOTE_REDIS_PORT (password required)"
+  log "remote host: redis-server on $REMOTE_ADDR:$REMOTE_REDIS_PORT and its own 127.0.0.1" \
+    "(password required)"
 }
 
 write_remote_host_env() {
@@ -372,6 +396,8 @@ unmount_under() {
   done <<<"$mounts"
 }
 
+stop_remote_registry() { stop_pidfile registry "$REMOTE_RUN/registry.pid" 10; }
+
 stop_remote_host() {
   [ "$(id -u)" -eq 0 ] || { log "the remote host needs root (network namespaces)"; return 2; }
   stop_pidfile redis-server "$REMOTE_RUN/redis.pid" 10
@@ -379,7 +405,7 @@ stop_remote_host() {
     pg_ctlcluster "$REMOTE_PG_VERSION" "$REMOTE_PG_CLUSTER" stop -m fast
     log "remote host: stopped PostgreSQL"
   fi
-  stop_pidfile registry "$REMOTE_RUN/registry.pid" 10
+  stop_remote_registry
   # dockerd stops its containers and its containerd on TERM.
   stop_pidfile dockerd "$REMOTE_RUN/docker.pid" 30
   stop_pidfile sshd "$REMOTE_RUN/sshd.pid" 10

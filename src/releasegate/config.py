@@ -102,6 +102,8 @@ class PostgresSection(Section):
     # Database used to create and drop scratch databases on the same server.
     maintenance_db: str = "postgres"
     connect_timeout: Duration = 5.0
+    # True: the URL is as the DOCKER_HOST=ssh:// host sees it, reached through a forward.
+    via_ssh: bool = False
 
 
 class MigrationsSection(Section):
@@ -152,6 +154,8 @@ class RedisSection(Section):
     # Keys the service deletes freely (caches): a content comparison does not count them
     # as missing or changed.
     volatile_patterns: list[str] = Field(default_factory=list)
+    # As postgres.via_ssh: the URL is as the Docker host sees it, reached through ssh.
+    via_ssh: bool = False
 
 
 class QdrantSection(Section):
@@ -166,6 +170,8 @@ class QdrantSection(Section):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     verify_sample: int = Field(default=32, ge=0)
     timeout: Duration = 30.0
+    # As postgres.via_ssh (a server URL only; plain http, as its TLS name would not match).
+    via_ssh: bool = False
 
 
 class BackupSection(Section):
@@ -470,15 +476,28 @@ class Settings:
         check_url(url, f"${var}")
         return url
 
+    def _reachable(self, url: str, via_ssh: bool, key: str) -> str:
+        """``url``, or with ``via_ssh`` the local end of a forward to it through the ssh
+        connection to the Docker host (the URL is as that host sees it)."""
+        if not via_ssh:
+            return url
+        from releasegate.hosts.transport import transport
+
+        return transport(self).store_url(url, key)
+
     def postgres_url(self) -> str:
-        """The Postgres URL from the environment; a config error when it is not set."""
-        return self._url_from(self.raw.postgres.url_env, "postgres.url_env")
+        """The Postgres URL to connect to (see ``via_ssh``); a config error if not set."""
+        section = self.raw.postgres
+        url = self._url_from(section.url_env, "postgres.url_env")
+        return self._reachable(url, section.via_ssh, "postgres.via_ssh")
 
     def redis_url(self) -> str:
-        """The Redis URL from the environment; a config error without a [redis] section."""
-        if self.raw.redis is None:
+        """The Redis URL to connect to (see ``via_ssh``); a config error without [redis]."""
+        section = self.raw.redis
+        if section is None:
             raise ConfigError(f"{self.path.name} has no [redis] section")
-        return self._url_from(self.raw.redis.url_env, "redis.url_env")
+        url = self._url_from(section.url_env, "redis.url_env")
+        return self._reachable(url, section.via_ssh, "redis.via_ssh")
 
     def qdrant_location(self) -> tuple[str | None, Path | None, str | None]:
         """(server URL, embedded path, API key): a server when its variable is set."""
@@ -490,7 +509,7 @@ class Settings:
         if url:
             check_url(url, f"${section.url_env}")
             register_secret(api_key)
-            return url, None, api_key
+            return self._reachable(url, section.via_ssh, "qdrant.via_ssh"), None, api_key
         if section.path is None:
             raise ConfigError(
                 f"environment variable {section.url_env} (qdrant.url_env) is not set"

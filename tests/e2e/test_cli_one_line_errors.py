@@ -63,11 +63,12 @@ def test_dry_run_of_a_missing_image_is_a_config_error_and_pulls_nothing(
     assert not _ledger_exists(project.url)
 
 
-def test_release_of_an_image_that_cannot_be_pulled_is_a_config_error(project: Project) -> None:
+def test_release_of_an_image_whose_registry_is_down_is_an_infra_error(project: Project) -> None:
     # A registry on a closed local port: the pull fails at once, without any network.
     missing = f"127.0.0.1:1/releasegate-e2e-missing-{uuid.uuid4().hex[:8]}:v1"
     result = run(project, "release", "--image", missing)
-    assert_error(result, 2, f"image {missing} is not on this Docker host and cannot be pulled")
+    line = assert_error(result, 3, f"image {missing}: its registry did not serve it")
+    assert "connection refused" in line
     assert result.stdout == ""
     assert not _ledger_exists(project.url)
 

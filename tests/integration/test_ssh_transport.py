@@ -19,15 +19,21 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import httpx
+import psycopg
 import pytest
+import redis
+import requests
 from conftest import ensure_base_image, free_ports
-from remote_host import RemoteHost, ssh_env
+from remote_host import RemoteHost, new_key_pair, other_known_hosts, ssh_env
 
+from releasegate.config import load_config
 from releasegate.errors import ExitCode, InfraError
 from releasegate.hosts.ssh import SshTarget, SshTunnel
+from releasegate.hosts.transport import close_ssh_hosts
 
 RELEASEGATE = Path(sys.executable).parent / "releasegate"
 
@@ -69,6 +75,67 @@ def test_docker_through_the_tunnel_reaches_the_remote_engine(remote_host: Remote
     assert not local_socket.parent.exists()
 
 
+def test_a_dropped_connection_comes_back_with_the_same_local_endpoints(
+    remote_host: RemoteHost,
+) -> None:
+    registry_port = int(remote_host.registry.rpartition(":")[2])
+    with tunnel_to(remote_host) as tunnel:
+        local_socket = tunnel.forward_socket(remote_host.docker_socket)
+        local_port = tunnel.forward_port(remote_host.address, registry_port)
+        client = docker.DockerClient(base_url=f"unix://{local_socket}", timeout=30)
+        try:
+            assert client.ping()
+            # The connection ends under the client (the master killed, as a reset does).
+            master = tunnel._master
+            assert master is not None
+            master.kill()
+            master.wait()
+            with pytest.raises(requests.exceptions.ConnectionError):
+                client.ping()
+            tunnel.open()
+            # The client made before the drop works again, at the same socket and port.
+            assert client.ping()
+            assert tunnel.forward_socket(remote_host.docker_socket) == local_socket
+            assert tunnel.forward_port(remote_host.address, registry_port) == local_port
+            with socket.create_connection(("127.0.0.1", local_port), timeout=10):
+                pass
+            assert tunnel.drops == 1
+        finally:
+            client.close()
+
+
+def test_stores_via_ssh_are_reached_at_the_hosts_own_loopback(
+    remote_host: RemoteHost, tmp_path: Path
+) -> None:
+    """URLs as the host sees them (its loopback, which the runner cannot reach); the
+    settings hand out local forwards to them."""
+    at_address = f"@{remote_host.address}:"
+    config = tmp_path / "releasegate.toml"
+    config.write_text(
+        '[service]\nname = "svc"\n[postgres]\nvia_ssh = true\n[redis]\nvia_ssh = true\n'
+    )
+    env = {
+        **ssh_env(remote_host),
+        "DATABASE_URL": remote_host.postgres_url.replace(at_address, "@127.0.0.1:"),
+        "REDIS_URL": remote_host.redis_url.replace(at_address, "@127.0.0.1:"),
+    }
+    settings = load_config(config, env)
+    try:
+        postgres_url = settings.postgres_url()
+        assert postgres_url.startswith("postgresql://")
+        assert urlsplit(postgres_url).port != remote_host.postgres_port
+        with psycopg.connect(postgres_url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT host(inet_server_addr())").fetchone()
+        assert row == ("127.0.0.1",)  # the host's loopback, through the forward
+        client = redis.Redis.from_url(settings.redis_url(), socket_timeout=10)
+        try:
+            assert client.ping() is True
+        finally:
+            client.close()
+    finally:
+        close_ssh_hosts()
+
+
 def test_a_forwarded_port_reaches_the_remote_hosts_own_view(remote_host: RemoteHost) -> None:
     registry_port = int(remote_host.registry.rpartition(":")[2])
     with tunnel_to(remote_host) as tunnel:
@@ -83,24 +150,6 @@ def test_a_forwarded_port_reaches_the_remote_hosts_own_view(remote_host: RemoteH
             context.wrap_socket(raw, server_hostname=remote_host.address) as tls,
         ):
             assert tls.version() is not None
-
-
-def new_key_pair(private_key: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private_key)], check=True
-    )
-
-
-def other_known_hosts(host: RemoteHost, folder: Path) -> Path:
-    """A known_hosts file that pins another key for the remote address."""
-    other_key = folder / "other_host_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
-    )
-    key_type, key = other_key.with_suffix(".pub").read_text().split()[:2]
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"{host.address} {key_type} {key}\n")
-    return known_hosts
 
 
 def test_another_pinned_key_is_a_host_key_mismatch(remote_host: RemoteHost, tmp_path: Path) -> None:

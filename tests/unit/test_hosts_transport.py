@@ -11,6 +11,7 @@ import pytest
 from releasegate.config import Settings, load_config
 from releasegate.errors import ConfigError
 from releasegate.hosts import ssh
+from releasegate.hosts import transport as transport_module
 from releasegate.hosts.ssh import SshTarget, SshTunnel, classify_ssh_error
 from releasegate.hosts.transport import LocalHost, SshHost, close_ssh_hosts, transport
 
@@ -181,3 +182,56 @@ def test_local_color_urls_and_port_probe(tmp_path: Path) -> None:
         port = listener.getsockname()[1]
         assert local.port_in_use("127.0.0.1", port)
     assert not local.port_in_use("127.0.0.1", port)
+
+
+def test_a_store_via_ssh_needs_an_ssh_docker_host(tmp_path: Path) -> None:
+    url = "postgresql://app:s3cret-pw@127.0.0.1:5432/app"
+    settings = settings_for(tmp_path, "[postgres]\nvia_ssh = true\n", DATABASE_URL=url)
+    with pytest.raises(ConfigError, match=r"postgres\.via_ssh = true needs DOCKER_HOST=ssh://"):
+        settings.postgres_url()
+    # Without via_ssh the URL is used as it is.
+    assert settings_for(tmp_path, DATABASE_URL=url).postgres_url() == url
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "moved"),
+    [
+        (
+            "postgresql://app:s3cret-pw@127.0.0.1:5433/app?sslmode=disable",
+            ("127.0.0.1", 5433),
+            "postgresql://app:s3cret-pw@127.0.0.1:40123/app?sslmode=disable",
+        ),
+        (
+            "postgresql://app@db.internal/app",
+            ("db.internal", 5432),
+            "postgresql://app@127.0.0.1:40123/app",
+        ),
+        (
+            "redis://:s3cret-pw@10.0.0.5/3",
+            ("10.0.0.5", 6379),
+            "redis://:s3cret-pw@127.0.0.1:40123/3",
+        ),
+        ("http://qdrant:6333", ("qdrant", 6333), "http://127.0.0.1:40123"),
+    ],
+)
+def test_store_urls_name_the_address_to_forward_to(
+    url: str, address: tuple[str, int], moved: str
+) -> None:
+    assert transport_module._host_and_port(url, "postgres.via_ssh") == address
+    # Only the address changes: credentials, database and options stay.
+    assert transport_module._with_address(url, "127.0.0.1", 40123) == moved
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret-pw@a:5432,b:5432/app",
+        "postgresql://app:s3cret-pw@/app?host=/run/postgresql",
+        "postgresql://app:s3cret-pw@db:5432/app?host=elsewhere",
+        "unknown://app:s3cret-pw@host/app",
+    ],
+)
+def test_store_urls_that_cannot_be_forwarded_are_refused_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigError, match="must name one host and port") as caught:
+        transport_module._host_and_port(url, "postgres.via_ssh")
+    assert "s3cret" not in str(caught.value)

@@ -243,10 +243,18 @@ def resolve_image(client: docker.DockerClient, ref: str, *, pull: bool = True) -
         )
     try:
         return client.images.pull(ref)
-    except (DockerException, RequestException) as exc:
-        raise ConfigError(
-            f"image {ref} is not on this Docker host and cannot be pulled: {docker_message(exc)}"
+    except APIError as exc:
+        if exc.status_code in (400, 404):
+            # The registry answered: no such image (or no such name), which is bad input.
+            raise ConfigError(
+                f"image {ref} is not on this Docker host and not in its registry:"
+                f" {docker_message(exc)}"
+            ) from None
+        raise InfraError(
+            f"cannot pull image {ref}: its registry did not serve it: {docker_message(exc)}"
         ) from None
+    except (DockerException, RequestException) as exc:
+        raise InfraError(f"cannot pull image {ref}: {docker_message(exc)}") from None
 
 
 def find_container(client: docker.DockerClient, settings: Settings, color: str) -> Container | None:

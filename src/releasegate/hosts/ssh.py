@@ -44,6 +44,9 @@ _FAILURES = (
     ("Could not resolve hostname", UNREACHABLE, "the name does not resolve"),
 )  # fmt: skip
 
+# How long a master that answered ``ssh -O check`` counts as connected.
+_CHECK_EVERY_S = 1.0
+
 # A forwarded connection that the remote end accepts stays open at least this long;
 # one that nothing accepts there is closed by ssh at once.
 _PROBE_S = 1.0
@@ -132,6 +135,9 @@ class SshTunnel:
         self._master: subprocess.Popen[bytes] | None = None
         self._socket_forwards: dict[str, Path] = {}
         self._port_forwards: dict[tuple[str, int], int] = {}
+        # How often the connection was made again after it dropped.
+        self._reconnects = 0
+        self._checked_at = 0.0
 
     def __enter__(self) -> SshTunnel:
         self.open()
@@ -144,6 +150,12 @@ class SshTunnel:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def drops(self) -> int:
+        """How often the connection dropped: made again since, or found dead by now."""
+        lost = self._master is not None and self._master.poll() is not None
+        return self._reconnects + int(lost)
 
     @property
     def is_open(self) -> bool:
@@ -184,10 +196,25 @@ class SshTunnel:
         return InfraError(f"ssh {self.target}: {reason}")
 
     def open(self) -> None:
-        """Connect and authenticate; InfraError (the tunnel closed again) when that fails."""
+        """Connect and authenticate; InfraError (the tunnel closed) when that fails.
+
+        A master that has died (the connection dropped) is replaced, and every forward
+        it carried is set up again at the same local port or socket: clients and URLs
+        handed out before the drop work again once the tunnel is open.
+        """
         if self.is_open:
-            return
-        self._dir = Path(tempfile.mkdtemp(prefix="rg-ssh-"))
+            # A master whose connection broke exits; asking it (~20 ms) only catches one
+            # that is about to, so once a second is enough.
+            if time.monotonic() - self._checked_at < _CHECK_EVERY_S:
+                return
+            if self._run_control("check").returncode == 0:
+                self._checked_at = time.monotonic()
+                return
+            self._end_master()  # alive but no longer connected: dying
+        reconnecting = self._master is not None
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="rg-ssh-"))
+        self._control().unlink(missing_ok=True)
         log = self._dir / "master.log"
         with log.open("wb") as stderr:
             # A session of its own: Ctrl-C must not cut the tunnel a rollback still needs.
@@ -209,6 +236,18 @@ class SshTunnel:
                 self.close()
                 raise self._failure(f"{UNREACHABLE} (no login within {self.connect_timeout:g}s)")
             time.sleep(0.05)
+        self._checked_at = time.monotonic()
+        if reconnecting:
+            self._reconnects += 1
+            try:
+                for remote_path, local in self._socket_forwards.items():
+                    self._forward(f"{local}:{remote_path}", remote_path)
+                for (remote_host, remote_port), local_port in self._port_forwards.items():
+                    spec = f"127.0.0.1:{local_port}:{remote_host}:{remote_port}"
+                    self._forward(spec, f"{(remote_host, remote_port)}")
+            except InfraError:
+                self.close()
+                raise
 
     def _run_control(self, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -255,9 +294,8 @@ class SshTunnel:
             except OSError:
                 return False
 
-    def close(self) -> None:
-        """End the master (and every forward); idempotent."""
-        master, self._master = self._master, None
+    def _end_master(self) -> None:
+        master = self._master
         if master is not None and master.poll() is None:
             with contextlib.suppress(subprocess.SubprocessError, OSError, InfraError):
                 self._run_control("exit")
@@ -266,6 +304,11 @@ class SshTunnel:
             except subprocess.TimeoutExpired:
                 master.kill()
                 master.wait()
+
+    def close(self) -> None:
+        """End the master (and every forward); idempotent."""
+        self._end_master()
+        self._master = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -10,7 +10,9 @@ Whatever touches the host goes through the :class:`HostTransport` that
   (``deploy.remote_docker_socket``) forwarded to a local unix socket, and readiness,
   smoke and gate traffic reaches a color *through the tunnel*: a port on this machine's
   loopback forwarded to the color's port as the host itself sees it, so no color port
-  has to be open on the host's network.
+  has to be open on the host's network. A store configured ``via_ssh`` is reached the
+  same way: its URL names the host and port as the Docker host sees them, and
+  releasegate connects to a local port forwarded there.
 
 One tunnel per host serves the whole process and closes when the process exits.
 """
@@ -21,10 +23,12 @@ import atexit
 import socket
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import docker
 
 from releasegate.config import Settings
+from releasegate.errors import ConfigError
 from releasegate.hosts.ssh import SshTarget, SshTunnel
 
 LOOPBACK = "127.0.0.1"
@@ -52,6 +56,15 @@ class HostTransport(Protocol):
         """Whether something on the Docker host already listens on ``host:port``."""
         ...
 
+    def connection_drops(self) -> int:
+        """How often the connection to the host dropped and was made again."""
+        ...
+
+    def store_url(self, url: str, key: str) -> str:
+        """A store's ``url``, whose host and port are as the Docker host sees them, made
+        reachable from this machine (``key``, the setting that asked, names it in errors)."""
+        ...
+
 
 class LocalHost:
     """The Docker engine from the environment; colors on this machine."""
@@ -76,6 +89,15 @@ class LocalHost:
             except OSError:
                 return True
         return False
+
+    def connection_drops(self) -> int:
+        return 0  # no connection of releasegate's own to lose
+
+    def store_url(self, url: str, key: str) -> str:
+        raise ConfigError(
+            f"{key} = true needs DOCKER_HOST=ssh://USER@HOST: the store is reached through"
+            " the ssh connection to the Docker host, and there is none"
+        )
 
 
 class SshHost:
@@ -105,6 +127,16 @@ class SshHost:
         self.tunnel.open()
         return self.tunnel.accepts(LOOPBACK if host in _ANY_ADDRESS else host, port)
 
+    def connection_drops(self) -> int:
+        return self.tunnel.drops
+
+    def store_url(self, url: str, key: str) -> str:
+        """``url`` pointed at a local port forwarded to its host and port, as the Docker
+        host sees them; credentials, database and options unchanged."""
+        host, port = _host_and_port(url, key)
+        self.tunnel.open()
+        return _with_address(url, LOOPBACK, self.tunnel.forward_port(host, port))
+
     def forward_socket(self, remote_path: str) -> Path:
         """A local unix socket that reaches the unix socket ``remote_path`` on the host."""
         self.tunnel.open()
@@ -112,6 +144,41 @@ class SshHost:
 
     def close(self) -> None:
         self.tunnel.close()
+
+
+# A store URL without a port means the scheme's usual one.
+_DEFAULT_PORTS = {
+    "postgresql": 5432,
+    "postgres": 5432,
+    "redis": 6379,
+    "rediss": 6379,
+    "http": 80,
+    "https": 443,
+}
+
+
+def _host_and_port(url: str, key: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        port = None
+    # libpq lets ?host= or ?port= override the address: the forward would be bypassed.
+    overridden = {"host", "hostaddr", "port"} & parse_qs(parts.query).keys()
+    if not parts.hostname or "," in parts.netloc or port is None or overridden:
+        # Never the URL itself: it may hold a password.
+        raise ConfigError(
+            f"{key}: the store's URL must name one host and port as the Docker host sees"
+            f" them (scheme {parts.scheme or 'missing'})"
+        )
+    return parts.hostname, port
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    parts = urlsplit(url)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _ssh_hosts: dict[tuple[object, ...], SshHost] = {}

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.errors import ConfigError, ExitCode, ReleasegateError, StateError
+from releasegate.errors import (
+    ConfigError,
+    ExitCode,
+    InfraError,
+    ReleasegateError,
+    StateError,
+)
+from releasegate.hosts.transport import transport
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock, shared
 from releasegate.pipeline import steps as pipeline_steps
@@ -67,8 +74,9 @@ def _run_step(
         outcome = step(ctx)
     except ReleasegateError as exc:
         detail: dict[str, Any] = {"error_type": type(exc).__name__}
-        if exc.exit_code == ExitCode.USAGE:
-            detail["exit_code"] = int(ExitCode.USAGE)  # bad input: exit 2 when nothing changed
+        if exc.exit_code in (ExitCode.USAGE, ExitCode.INFRA):
+            # Bad input (2) or an unreachable host or store (3), when nothing changed.
+            detail["exit_code"] = int(exc.exit_code)
         outcome = StepOutcome(False, db.first_line(exc), detail)
     except Exception as exc:  # a bug or an unexpected library error: still roll back
         outcome = StepOutcome(
@@ -183,6 +191,13 @@ def _finish(
             outcome, code = Outcome.ROLLED_BACK, ExitCode.CHECK_FAILED
         else:
             outcome, code = Outcome.ROLLBACK_FAILED, ExitCode.ROLLBACK_FAILED
+    host = transport(ctx.settings)
+    if error is not None and host.connection_drops():
+        # Why a step saw the host vanish, though the host itself is fine.
+        error += (
+            f" (the connection to {host.describe()} dropped during the release"
+            f" and was made again: {host.connection_drops()}x)"
+        )
     ctx.ledger.finish_release(
         ctx.release_id,
         outcome,
@@ -226,12 +241,30 @@ def _run_from(ctx: ReleaseContext, first: int, listener: StepListener) -> Releas
                 failure = record
                 break
     except BaseException as exc:
+        if ctx.ledger.conn.closed:
+            # The ledger's session is gone, and the lock's with it when both go through
+            # the same connection: undoing now could race a runner that took the lock
+            # since. Stop; --resume takes the lock again and ends the release.
+            raise InfraError(_sessions_lost(ctx, exc)) from None
         # Interrupted (Ctrl-C, SIGTERM): undo what was done, then let the interrupt through.
         record = StepRecord("interrupted", "failed", 0.0, type(exc).__name__)
         ctx.steps.append(record)
         _finish(ctx, record, listener)
         raise
     return _finish(ctx, failure, listener)
+
+
+def _sessions_lost(ctx: ReleaseContext, exc: BaseException) -> str:
+    host = transport(ctx.settings)
+    why = (
+        f"the connection to {host.describe()} dropped"
+        if host.connection_drops()
+        else db.first_line(exc)
+    )
+    return (
+        f"release {ctx.release_id} stopped: its ledger session was lost ({why});"
+        " `releasegate release --resume` rolls it back or finishes it"
+    )
 
 
 def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener) -> ReleaseResult:
