@@ -46,6 +46,17 @@ RETRY_ON = (
 REMOTE_RUNTIME_DIR = Path("/var/lib/releasegate-router")
 # Response header naming the color that served a request, for smoke tests and humans.
 COLOR_HEADER = "X-Releasegate-Color"
+# The in-memory ring buffer HAProxy logs every request into, one line each, read back
+# through the runtime API (``show events``) to judge a canary on real traffic
+# (releasegate.canary.traffic parses the lines).
+TRAFFIC_RING = "traffic"
+TRAFFIC_LOG_FORMAT = "%pid %rt %s %ST %Ta %ts"
+# About 30 bytes a line: a ring of 1 MiB holds some 15 s of traffic at 2,000 requests/s,
+# more than the time between two reads of a canary step.
+TRAFFIC_RING_SIZE = 1 << 20
+TRAFFIC_LINE_MAX = 256
+# The cookie that keeps a client on the color it got during a canary (see render_config).
+STICKY_COOKIE = "RGCOLOR"
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,7 @@ def render_config(config: RouterConfig) -> str:
         f"    maxconn {config.maxconn}",
         f"    hard-stop-after {haproxy_duration(config.stop_timeout)}",
         "",
+        *_traffic_ring(),
         "defaults",
         "    mode http",
         f"    timeout connect {haproxy_duration(config.connect_timeout)}",
@@ -189,6 +201,8 @@ def render_config(config: RouterConfig) -> str:
         "",
         f"frontend {config.frontend}",
         f"    bind {config.bind}",
+        f"    log ring@{TRAFFIC_RING} format raw local0 info",
+        f'    log-format "{TRAFFIC_LOG_FORMAT}"',
         f"    default_backend {config.backend}",
         "",
         f"backend {config.backend}",
@@ -209,10 +223,50 @@ def render_config(config: RouterConfig) -> str:
         "    http-request disable-l7-retry if releasegate_non_idempotent",
         "    http-reuse safe",
         f"    http-response set-header {COLOR_HEADER} %[srv_name]",
+        *_sticky_colors(),
         *servers,
         "",
     ]
     return "\n".join(lines)
+
+
+def _traffic_ring() -> list[str]:
+    """The ring section the frontend logs every request into (``format raw``: the line
+    alone, no syslog header)."""
+    return [
+        f"ring {TRAFFIC_RING}",
+        "    description releasegate-traffic",
+        "    format raw",
+        f"    maxlen {TRAFFIC_LINE_MAX}",
+        f"    size {TRAFFIC_RING_SIZE}",
+        "",
+    ]
+
+
+def _sticky_colors() -> list[str]:
+    """Backend rules that keep a client on its color while both colors take traffic.
+
+    HAProxy's ``cookie`` directive is not used, for two reasons: it sets its cookie on
+    every response, so when a canary starts every returning client would already be
+    pinned to the live color; and it honours a cookie of a server that is draining, so
+    a rollback would leave green's clients on green. Instead the cookie is set, and
+    honoured, only while ``nbsrv`` counts two usable servers: a server at weight 0,
+    draining, in maintenance or down is not usable. Outside a canary, after a rollback
+    or a promote, every request goes to the color that has the weight, whatever the
+    cookie says, and no cookie is set.
+    """
+    canary = "{ nbsrv ge 2 }"
+    return [
+        f"    http-request set-var(txn.sticky_color) req.cook({STICKY_COOKIE})",
+        *(
+            f"    use-server {color} if {canary} {{ req.cook({STICKY_COOKIE}) -m str {color} }}"
+            for color in COLORS
+        ),
+        "    http-response set-var(txn.served_color) srv_name",
+        f'    http-response add-header Set-Cookie "{STICKY_COOKIE}=%[srv_name]; Path=/;'
+        f' HttpOnly; SameSite=Lax" if {canary}'
+        " !{ var(txn.sticky_color),strcmp(txn.served_color) eq 0 }",
+    ]
 
 
 def generate_config(settings: Settings) -> str:
