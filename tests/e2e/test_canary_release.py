@@ -4,9 +4,10 @@ router the whole time. No synthetic gate runs (``release.slo_gate = false``).
 
 v2 goes 5% -> 25% -> pause -> 50% -> 100% (``release --resume`` after the pause) and the
 client sees no failed request; v3-bad is judged at its first step, the traffic goes back
-to the old color and the release rolls back; a router killed mid-step is waited for,
-the traffic goes back as soon as it answers, and the ledger records both (v2 released
-again, onto blue).
+to the old color and the release rolls back. Then v2 is released again, onto blue: with a
+request minimum out of reach its first step fails at once and says why; and with the
+router killed mid-step, the step waits for it, the traffic goes back as soon as it
+answers, and the ledger records both.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ def test_canary_v2_passes_v3_bad_aborts_router_lost(canary_env: ReleaseEnv) -> N
         v2_client = client.stop()
     assert v2_client.requests > 500, v2_client.text
     assert v2_client.failed == 0, v2_client.text
+    durations = [(s["weight"], s["duration_s"]) for s in steps]
+    print(f"v2: client {v2_client.requests} requests, {v2_client.failed} failed; steps {durations}")
 
     # -- v3-bad: aborted at its first step, traffic back to green, rolled back ----------
     client = Client(f"http://127.0.0.1:{env.ports['router']}/documents?limit=10")
@@ -181,6 +184,32 @@ def test_canary_v2_passes_v3_bad_aborts_router_lost(canary_env: ReleaseEnv) -> N
     assert env.container_colors() == {"green": "notes:v2"}
     # Only the 5% share reached v3-bad: a few of its requests failed, no more.
     assert v3_client.requests > 0 and v3_client.failed < v3_client.requests * 0.05
+    print(
+        f"v3-bad: client {v3_client.requests} requests, {v3_client.failed} failed;"
+        f" step {step['duration_s']}s, green {step['green']}, {data['error']}"
+    )
+
+    # -- a minimum no step can reach at the observed rate: fails at once, says why -----
+    client = Client(f"http://127.0.0.1:{env.ports['router']}/documents?limit=10")
+    try:
+        short = env.run(
+            "release",
+            "--image",
+            "notes:v2",
+            "--json",
+            env={"RELEASEGATE_RELEASE__CANARY__MIN_REQUESTS": "100000"},
+        )
+    finally:
+        client.stop()
+    assert short.returncode == 1, short.stdout + short.stderr
+    data = json.loads(short.stdout)
+    assert data["outcome"] == "rolled_back"
+    error = data["error"]
+    assert error.startswith("canary 5%: inconclusive: blue served"), error  # v2 onto blue
+    assert "requests/s on 5% of the traffic" in error and "min_requests = 100000" in error
+    [step] = _canary_steps(data)
+    assert step["extensions"] == 0 and step["duration_s"] < 15  # no extension was waited for
+    assert env.weights() == {"blue": 0, "green": 100}
 
     # -- the router dies mid-step: back to green as soon as it answers again -----------
     def kill_and_restart() -> None:
@@ -192,7 +221,8 @@ def test_canary_v2_passes_v3_bad_aborts_router_lost(canary_env: ReleaseEnv) -> N
 
     watcher = Watcher(lambda: env.weights().get("blue") == 5, kill_and_restart)
     watcher.start()
-    lost = env.run("release", "--image", "notes:v2", "--json")
+    # v2's digest was rolled back just above: it is released again only with --force.
+    lost = env.run("release", "--image", "notes:v2", "--force", "--json")
     watcher.join(timeout=60)
     assert watcher.fired and watcher.error is None, watcher.error
     assert lost.returncode == 1, lost.stdout + lost.stderr

@@ -345,7 +345,7 @@ def resume(
         interrupted = _interrupted_release(probe, settings.service)
     if interrupted is None:
         raise StateError(
-            f"no interrupted or paused release of service '{settings.service}' to resume"
+            f"no interrupted release of service '{settings.service}' to resume, nor a paused one"
         )
     with (
         service_lock(settings, "release --resume") as held,

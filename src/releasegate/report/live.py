@@ -30,8 +30,22 @@ from typing import TextIO
 from releasegate.secrets import redact
 
 SPINNER = "|/-\\"
-MARKERS = {"ok": "+", "failed": "x", "skipped": "-", "rolled_back": "<", "interrupted": "!"}
-_COLORS = {"ok": "32", "failed": "31", "rolled_back": "33", "interrupted": "31", "skipped": "2"}
+MARKERS = {
+    "ok": "+",
+    "failed": "x",
+    "skipped": "-",
+    "rolled_back": "<",
+    "interrupted": "!",
+    "paused": "=",
+}
+_COLORS = {
+    "ok": "32",
+    "failed": "31",
+    "rolled_back": "33",
+    "interrupted": "31",
+    "skipped": "2",
+    "paused": "33",
+}
 _UP = "\x1b[{n}A"
 _CLEAR_LINE = "\x1b[2K"
 _CLEAR_BELOW = "\x1b[J"
