@@ -368,8 +368,9 @@ def resume(
         if summary.get("canary"):
             ctx.sections["canary"] = summary["canary"]
         if interrupted.outcome == Outcome.PAUSED:
+            first = _after_pause(names, summary.get("paused_at"))  # before the row changes
             ledger.set_outcome(ctx.release_id, Outcome.RUNNING)
-            return _run_from(ctx, _after_pause(names, summary.get("paused_at")), listener)
+            return _run_from(ctx, first, listener)
         if "promote" in done:
             return _run_from(ctx, names.index("watch"), listener)
         record = StepRecord("resume", "failed", 0.0, "interrupted before promotion: rolling back")
