@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installe
 
 
 BACKEND_SCRIPT = Path(__file__).with_name("latency_backend.py")
-LOW_MS, HIGH_MS = 10.0, 70.0
+# Latencies of a web service's real answers, well above what the machine adds when busy.
+LOW_MS, HIGH_MS = 50.0, 250.0
 
 
 @dataclass
@@ -102,16 +104,16 @@ class Router:
     backends: dict[str, Backend]
 
 
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[Router]:
+@contextmanager
+def running_router(root: Path, extra: str = "") -> Iterator[Router]:
+    """HAProxy in front of two backends, ``extra`` added to the [router] section."""
     backends = {color: Backend(color, free_port()) for color in ("blue", "green")}
     for backend in backends.values():
         backend.start()
     port = free_port()
-    path = tmp_path / "releasegate.toml"
-    path.write_text(
-        CONFIG.format(blue=backends["blue"].port, green=backends["green"].port, port=port)
-    )
+    path = root / "releasegate.toml"
+    text = CONFIG.format(blue=backends["blue"].port, green=backends["green"].port, port=port)
+    path.write_text(text + extra)
     settings = load_config(path, env={})
     try:
         router_up(settings)
@@ -121,6 +123,12 @@ def router(tmp_path: Path) -> Iterator[Router]:
         router_down(settings, forget=True)
         for backend in backends.values():
             backend.stop()
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Router]:
+    with running_router(tmp_path) as started:
+        yield started
 
 
 def send(url: str, paths: list[str], *, workers: int = 1) -> list[tuple[str, int, float]]:
@@ -178,11 +186,27 @@ def test_drain_counts_requests_and_errors_per_color(router: Router) -> None:
     assert [t.requests for t in again.values()] == [0, 0]
 
 
+def test_an_overrun_ring_is_noted_and_reading_goes_on(tmp_path: Path) -> None:
+    # 16 KiB hold some 500 lines: 1,500 requests between two reads overrun it.
+    with running_router(tmp_path, "traffic_ring_size = 16384\n") as router:
+        reader = TrafficReader.for_settings(router.settings)
+        reader.skip_backlog()
+        send(router.url, ["/"] * 1500, workers=4)
+        time.sleep(0.2)  # the last requests are logged once they have ended
+        kept = reader.drain()["blue"].requests
+        assert 100 < kept < 1500
+        assert (reader.overruns, reader.malformed) == (1, 0)
+        # The cursor holds again from there on.
+        send(router.url, ["/"] * 20)
+        assert drain_until(reader, 20)["blue"].requests == 20
+        assert reader.overruns == 1
+
+
 def test_router_p95_matches_the_known_latency_distribution(router: Router) -> None:
     set_weight(router.settings, "green", 50)
     reader = TrafficReader.for_settings(router.settings)
     reader.skip_backlog()
-    answers = send(router.url, ["/slow"] * 400, workers=8)
+    answers = send(router.url, ["/slow"] * 400, workers=16)
     traffic = drain_until(reader, 400)
     for color, backend in router.backends.items():
         served = traffic[color]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from releasegate.errors import InfraError
-from releasegate.router.config import COLORS, TRAFFIC_RING
+from releasegate.router.config import COLORS, TRAFFIC_LINE_MAX, TRAFFIC_RING
 from releasegate.router.runtime import RuntimeClient
 
 if TYPE_CHECKING:
@@ -175,9 +175,15 @@ class TrafficReader:
     format, e.g. from a router started with an older config).
     """
 
-    def __init__(self, client: RuntimeClient, ring: str = TRAFFIC_RING) -> None:
+    def __init__(
+        self, client: RuntimeClient, ring: str = TRAFFIC_RING, ring_size: int | None = None
+    ) -> None:
         self.client = client
         self.ring = ring
+        # With the ring's size, an overrun is noticed even when the ring was empty at the
+        # previous read (no cursor line to look for): the ring is full now.
+        self.ring_size = ring_size
+        self._has_read = False
         self.overruns = 0
         self.restarts = 0
         self.unrouted = 0
@@ -193,7 +199,8 @@ class TrafficReader:
         from releasegate.router.config import router_config
         from releasegate.router.process import runtime_client
 
-        return cls(runtime_client(settings, router_config(settings)))
+        config = router_config(settings)
+        return cls(runtime_client(settings, config), ring_size=config.traffic_ring_size)
 
     def read_ring(self) -> list[str]:
         """The ring's lines, oldest first; :class:`InfraError` when there is no such ring."""
@@ -211,12 +218,17 @@ class TrafficReader:
         Scans from the end and stops at the cursor, so a read costs what is new, not what
         the ring holds. Without the cursor in ``lines``, either the ring overran or
         HAProxy restarted (another pid): every line is new, and the event is counted.
+        After a read of an empty ring there is no cursor: a ring that is full now overran.
         """
+        read_before, self._has_read = self._has_read, True
         if not lines:
             return []
         newest = lines[-1]
         start = 0
-        if self._last_line is not None:
+        if self._last_line is None:
+            if read_before and self._ring_full(lines):
+                self.overruns += 1
+        else:
             for index in range(len(lines) - 1, -1, -1):
                 if lines[index] == self._last_line:
                     start = index + 1
@@ -230,6 +242,17 @@ class TrafficReader:
         self._last_line = newest
         self._last_pid = _pid_of(newest)
         return lines[start:]
+
+    def _ring_full(self, lines: list[str]) -> bool:
+        """Whether ``lines`` fill the ring, so that older ones were dropped to make room.
+
+        HAProxy stores a line with two bytes of its own and drops the oldest lines when
+        the next one (at most ``TRAFFIC_LINE_MAX`` bytes) would not fit.
+        """
+        if self.ring_size is None:
+            return False
+        stored = sum(len(line) + 2 for line in lines)
+        return stored >= self.ring_size - TRAFFIC_LINE_MAX - 2
 
     def drain(self) -> dict[str, ColorTraffic]:
         """Requests logged since the previous drain, per color (``blue`` and ``green``).

@@ -15,9 +15,9 @@ from releasegate.canary.traffic import (
 from releasegate.router.runtime import RuntimeClient
 
 
-def reader() -> TrafficReader:
+def reader(ring_size: int | None = None) -> TrafficReader:
     # new_lines is pure: the client is never called here.
-    return TrafficReader(RuntimeClient(Path("/nonexistent/admin.sock")))
+    return TrafficReader(RuntimeClient(Path("/nonexistent/admin.sock")), ring_size=ring_size)
 
 
 def test_parse_a_served_request() -> None:
@@ -72,6 +72,25 @@ def test_an_overrun_ring_is_noted_and_what_is_left_is_read() -> None:
     rest = ["9 7 blue 200 1 --", "9 8 green 200 1 --"]
     assert ring.new_lines(rest) == rest
     assert (ring.overruns, ring.restarts) == (1, 0)
+
+
+def test_a_ring_found_empty_then_full_has_overrun() -> None:
+    line = "9 100 blue 200 1 --"  # 19 bytes, 21 stored
+    # A ring of 1,000 bytes is full once less than a longest line (256 bytes) is left.
+    full = [line] * 36  # 756 bytes stored, 742 or more is full
+    partly = [line] * 35  # 735
+    ring = reader(ring_size=1000)
+    assert ring.new_lines([]) == []
+    assert ring.new_lines(partly) == partly
+    assert ring.overruns == 0
+    again = reader(ring_size=1000)
+    again.new_lines([])
+    assert again.new_lines(full) == full
+    assert again.overruns == 1
+    # The first read returns what the ring holds, without a verdict on what came before.
+    first = reader(ring_size=1000)
+    assert first.new_lines(full) == full
+    assert first.overruns == 0
 
 
 def test_a_restarted_haproxy_is_told_from_an_overrun_by_its_pid() -> None:
