@@ -6,7 +6,8 @@ client's threads as they would be in the same interpreter:
 
 - ``GET /slow`` waits the next delay of a seeded uniform draw between ``--low`` and
   ``--high`` ms, then answers 200: the latency distribution is known in advance;
-- ``GET /fail`` answers 500; any other path answers 200 at once;
+- ``GET /fail`` answers 500, ``GET /healthz`` 200 (the router's check); any other path
+  answers ``--status`` (200) at once;
 - ``GET /served`` answers, for every ``/slow`` so far, how long the server took from the
   request's headers to the response's last byte (JSON list, ms): the drawn delay plus
   what the machine added, to compare with.
@@ -24,7 +25,8 @@ import time
 
 
 class Backend:
-    def __init__(self, seed: int, low_ms: float, high_ms: float) -> None:
+    def __init__(self, seed: int, low_ms: float, high_ms: float, status: int = 200) -> None:
+        self.status = status
         self.rng = random.Random(seed)
         self.low_ms = low_ms
         self.high_ms = high_ms
@@ -35,7 +37,9 @@ class Backend:
             await asyncio.sleep(self.rng.uniform(self.low_ms, self.high_ms) / 1000)
         if path == "/served":
             return 200, json.dumps(self.served_ms).encode()
-        return (500 if path == "/fail" else 200), b"ok"
+        if path == "/healthz":
+            return 200, b"ok"
+        return (500 if path == "/fail" else self.status), b"ok"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -51,7 +55,7 @@ class Backend:
                     await reader.readexactly(length)
                 started = time.perf_counter()
                 status, body = await self.answer(path)
-                reason = "OK" if status == 200 else "Internal Server Error"
+                reason = "Internal Server Error" if status == 500 else "OK"
                 writer.write(
                     f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
                     f"Content-Type: text/plain\r\n\r\n".encode()
@@ -80,8 +84,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--low", type=float, default=10.0)
     parser.add_argument("--high", type=float, default=70.0)
+    # Another 2xx for one color tells it apart in a client that shows only the status.
+    parser.add_argument("--status", type=int, default=200)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, Backend(args.seed, args.low, args.high)))
+    asyncio.run(serve(args.port, Backend(args.seed, args.low, args.high, args.status)))
 
 
 if __name__ == "__main__":

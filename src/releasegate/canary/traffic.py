@@ -202,56 +202,60 @@ class TrafficReader:
         config = router_config(settings)
         return cls(runtime_client(settings, config), ring_size=config.traffic_ring_size)
 
-    def read_ring(self) -> list[str]:
-        """The ring's lines, oldest first; :class:`InfraError` when there is no such ring."""
+    def read_ring(self) -> str:
+        """The ring's text, a line a request, oldest first; :class:`InfraError` when the
+        router has no such ring."""
         answer = self.client.command(f"show events {self.ring}")
         if answer.startswith("No such event sink"):
             raise InfraError(
                 f"the router has no traffic ring {self.ring!r}: it runs a config from an"
                 " older releasegate; restart it (router down, router up) to read real traffic"
             )
-        return [line for line in answer.splitlines() if line]
+        return answer
 
-    def new_lines(self, lines: list[str]) -> list[str]:
-        """The lines after the cursor, oldest first, and move the cursor to the newest.
+    def new_lines(self, text: str) -> list[str]:
+        """The lines of ``text`` (the ring) after the cursor, oldest first; the cursor
+        moves to the newest.
 
-        Scans from the end and stops at the cursor, so a read costs what is new, not what
-        the ring holds. Without the cursor in ``lines``, either the ring overran or
-        HAProxy restarted (another pid): every line is new, and the event is counted.
-        After a read of an empty ring there is no cursor: a ring that is full now overran.
+        The cursor is looked for from the end of the text (``str.rfind``) and only what
+        follows it is split, so a read costs what is new, not what the ring holds.
+        Without the cursor in the text, either the ring overran or HAProxy restarted
+        (another pid): every line is new, and the event is counted. After a read of an
+        empty ring there is no cursor: a ring that is full now overran.
         """
         read_before, self._has_read = self._has_read, True
-        if not lines:
+        body = text.strip("\n")
+        if not body:
             return []
-        newest = lines[-1]
-        start = 0
+        newest = body[body.rfind("\n") + 1 :]
+        # Both ends padded, so that the cursor matches whole lines only.
+        padded = f"\n{body}\n"
+        tail = padded
         if self._last_line is None:
-            if read_before and self._ring_full(lines):
+            if read_before and self._ring_full(body):
                 self.overruns += 1
         else:
-            for index in range(len(lines) - 1, -1, -1):
-                if lines[index] == self._last_line:
-                    start = index + 1
-                    break
+            cursor = f"\n{self._last_line}\n"
+            at = padded.rfind(cursor)
+            if at >= 0:
+                tail = padded[at + len(cursor) - 1 :]
+            elif _pid_of(newest) not in (None, self._last_pid):
+                self.restarts += 1
             else:
-                newest_pid = _pid_of(newest)
-                if newest_pid is not None and newest_pid != self._last_pid:
-                    self.restarts += 1
-                else:
-                    self.overruns += 1
+                self.overruns += 1
         self._last_line = newest
         self._last_pid = _pid_of(newest)
-        return lines[start:]
+        return [line for line in tail.split("\n") if line]
 
-    def _ring_full(self, lines: list[str]) -> bool:
-        """Whether ``lines`` fill the ring, so that older ones were dropped to make room.
+    def _ring_full(self, body: str) -> bool:
+        """Whether the lines of ``body`` fill the ring, so older ones were dropped for them.
 
         HAProxy stores a line with two bytes of its own and drops the oldest lines when
         the next one (at most ``TRAFFIC_LINE_MAX`` bytes) would not fit.
         """
         if self.ring_size is None:
             return False
-        stored = sum(len(line) + 2 for line in lines)
+        stored = len(body) + body.count("\n") + 2  # each line's length, plus 2 each
         return stored >= self.ring_size - TRAFFIC_LINE_MAX - 2
 
     def drain(self) -> dict[str, ColorTraffic]:
