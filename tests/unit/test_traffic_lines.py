@@ -150,3 +150,5 @@ def test_color_traffic_figures_and_merge() -> None:
     assert ColorTraffic("blue").percentile(95) is None
     with pytest.raises(ValueError):
         first.merged(ColorTraffic("blue"))
+    assert ColorTraffic.combine("green", [first, second, ColorTraffic("green")]) == both
+    assert ColorTraffic.combine("green", []) == ColorTraffic("green")
