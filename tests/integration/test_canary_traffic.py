@@ -32,7 +32,7 @@ from releasegate.router.config import COLOR_HEADER, STICKY_COOKIE, router_config
 from releasegate.router.manager import router_down, router_up
 from releasegate.router.process import runtime_client
 from releasegate.router.state import wait_healthy
-from releasegate.router.switching import promote, rollback, set_weight
+from releasegate.router.switching import promote, rollback, set_weight, withdraw
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
@@ -147,7 +147,7 @@ def send(url: str, paths: list[str], *, workers: int = 1) -> list[tuple[str, int
             elapsed = (time.perf_counter() - started) * 1000
         finally:
             connection.close()
-        return response.headers[COLOR_HEADER], response.status, elapsed
+        return response.headers.get(COLOR_HEADER, ""), response.status, elapsed
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, paths))
@@ -184,6 +184,16 @@ def test_drain_counts_requests_and_errors_per_color(router: Router) -> None:
     # Drained: nothing comes twice.
     again = reader.drain()
     assert [t.requests for t in again.values()] == [0, 0]
+
+
+def test_requests_no_color_took_are_counted_apart(router: Router) -> None:
+    withdraw(router.settings)  # both colors at weight 0: HAProxy answers 503 itself
+    reader = TrafficReader.for_settings(router.settings)
+    reader.skip_backlog()
+    assert {status for _, status, _ in send(router.url, ["/"] * 5)} == {503}
+    time.sleep(0.2)
+    assert [t.requests for t in reader.drain().values()] == [0, 0]
+    assert reader.unrouted == 5
 
 
 def test_an_overrun_ring_is_noted_and_reading_goes_on(tmp_path: Path) -> None:
