@@ -219,6 +219,9 @@ class RouterSection(Section):
     server_timeout: Duration = 30.0
     # How long a soft stop may let open connections finish (haproxy hard-stop-after).
     stop_timeout: Duration = 10.0
+    # Bytes of the in-memory ring HAProxy logs every request into (about 30 a request):
+    # it must hold what arrives between two reads of a canary step.
+    traffic_ring_size: int = Field(default=1 << 20, ge=1 << 14, le=1 << 30)
 
 
 class SmokeSection(Section):

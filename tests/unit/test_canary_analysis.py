@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from releasegate.canary.analysis import judge_step, step_thresholds
+from releasegate.canary.analysis import judge_step, step_thresholds, wilson_lower
 from releasegate.canary.traffic import ColorTraffic
 from releasegate.config import SloCompareSection
 from releasegate.errors import ConfigError
@@ -168,3 +168,68 @@ def test_rules_are_checked_with_the_threshold_grammar() -> None:
         judge_step(
             ColorTraffic("green"), ColorTraffic("blue"), rules={}, compare=None, min_requests=0
         )
+
+
+def test_wilson_lower_bound() -> None:
+    assert wilson_lower(0, 10) == 0.0
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(10, 10) == pytest.approx(0.5116, abs=1e-4)
+    assert wilson_lower(1, 10) < 0.01 < wilson_lower(3, 10)
+
+
+def early(green: ColorTraffic, rules: list[str], blue: ColorTraffic | None = None) -> str:
+    verdict = judge_step(
+        green,
+        blue or ColorTraffic("blue"),
+        rules={"total": rules},
+        compare=COMPARE if blue is not None else None,
+        min_requests=100,
+    )
+    return f"{verdict.verdict}: {verdict.reason}"
+
+
+def test_a_failing_green_fails_before_min_requests() -> None:
+    broken = traffic("green", [5.0] * 10, errors=10)
+    assert early(broken, ["error_rate < 1%"]) == (
+        "fail: error_rate < 1%: 10 of 10 requests failed, beyond the limit with 99.9%"
+        " confidence (before the 100 requests of a full verdict)"
+    )
+    # Nine requests are not enough to fail early, one error in ten is not certain.
+    assert early(traffic("green", [5.0] * 9, errors=9), ["error_rate < 1%"]).startswith(
+        "inconclusive: green served 9 of the 100"
+    )
+    assert early(traffic("green", [5.0] * 10, errors=1), ["error_rate < 5%"]).startswith(
+        "inconclusive"
+    )
+
+
+def test_slow_requests_fail_a_percentile_or_max_rule_early() -> None:
+    half_slow = traffic("green", [50.0] * 10 + [150.0] * 10)
+    assert early(half_slow, ["p95 < 100ms"]) == (
+        "fail: p95 < 100ms: 10 of 20 requests took at least 100.0ms, beyond the limit"
+        " with 99.9% confidence (before the 100 requests of a full verdict)"
+    )
+    # At the limit: "<=" lets it pass, "<" does not.
+    at_limit = traffic("green", [100.0] * 20)
+    assert early(at_limit, ["p95 <= 100ms"]).startswith("inconclusive")
+    assert early(at_limit, ["p95 < 100ms"]).startswith("fail")
+    one_slow = traffic("green", [50.0] * 19 + [600.0])
+    assert early(one_slow, ["max < 500ms"]) == (
+        "fail: max < 500ms: 1 of 20 requests took at least 500.0ms"
+        " (before the 100 requests of a full verdict)"
+    )
+    assert early(one_slow, ["p95 < 500ms"]).startswith("inconclusive")
+
+
+def test_green_worse_than_blue_fails_early() -> None:
+    blue = traffic("blue", spread(1000, 10, 50), errors=0)
+    assert early(traffic("green", spread(20, 10, 50), errors=5), [], blue) == (
+        "fail: error_rate <= blue +1%: 5 of 20 requests failed, beyond the limit with 99.9%"
+        " confidence (before the 100 requests of a full verdict)"
+    )
+    slower = traffic("green", spread(20, 100, 200))
+    assert early(slower, [], blue).startswith(
+        "fail: p95 <= blue's 48.0ms + margins: 20 of 20 requests took over 62.6ms"
+    )
+    # A healthy green is never passed early.
+    assert early(traffic("green", spread(20, 10, 50)), [], blue).startswith("inconclusive")

@@ -10,11 +10,20 @@ run on the router's figures instead of Locust's.
 
 Too few requests on green is **inconclusive**, never a pass: the reason says how many
 arrived and how many were needed, so that the pipeline can extend the step or fail it.
+
+Too few requests can still **fail**, so that a bad canary is stopped after a handful of
+its users' requests rather than after ``min_requests``: when, with 99.9% confidence,
+green's error rate or its share of slow requests is already beyond a limit (the Wilson
+lower bound of the observed share is above what the limit allows), or one request
+already broke a ``max`` rule. The pipeline judges a step again at every read of the
+router, hence the high confidence: chance alone must not fail a step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,10 +37,21 @@ from releasegate.gates.slo_verdicts import (
     compare_windows,
     evaluate,
 )
-from releasegate.gates.thresholds import TOTAL_SCOPE, Threshold, parse_thresholds
+from releasegate.gates.thresholds import (
+    PERCENTILES,
+    TOTAL_SCOPE,
+    Threshold,
+    format_value,
+    parse_thresholds,
+)
 
 if TYPE_CHECKING:
     from releasegate.config import SloCompareSection
+
+# An early failure is certain at 99.9% (one-sided normal quantile) and rests on at
+# least this many requests of green.
+EARLY_FAIL_Z = 3.09
+EARLY_FAIL_MIN_REQUESTS = 10
 
 StepOutcome = Literal["pass", "fail", "inconclusive"]
 _OUTCOMES: dict[Verdict, StepOutcome] = {
@@ -121,6 +141,85 @@ def step_thresholds(rules: Mapping[str, Sequence[str]]) -> list[Threshold]:
     return parse_thresholds(rules)
 
 
+def wilson_lower(hits: int, total: int, z: float = EARLY_FAIL_Z) -> float:
+    """The Wilson score lower bound of the share ``hits / total`` (0.0 when empty)."""
+    if total <= 0:
+        return 0.0
+    share = hits / total
+    spread = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
+    return max(0.0, (share + z * z / (2 * total) - spread) / (1 + z * z / total))
+
+
+@dataclass(frozen=True)
+class _Cap:
+    """An upper bound on one of green's figures: a rule, or blue's figure plus a margin."""
+
+    text: str
+    metric: str  # error_rate, max or a percentile
+    limit: float
+    inclusive: bool  # True: the figure may equal the limit (``<=``)
+
+
+def _caps(
+    thresholds: Sequence[Threshold],
+    blue: ColorTraffic,
+    margins: SloCompareSection | None,
+    min_requests: int,
+) -> Iterator[_Cap]:
+    for rule in thresholds:
+        if rule.is_upper_bound and rule.metric in ("error_rate", "max", *PERCENTILES):
+            yield _Cap(rule.describe(), rule.metric, rule.limit, rule.op == "<=")
+    if margins is None or blue.requests < min_requests:
+        return
+    margin = format_value("error_rate", margins.error_rate_margin, exact=True)
+    allowed = blue.error_rate() + margins.error_rate_margin
+    yield _Cap(f"error_rate <= blue +{margin}", "error_rate", allowed, True)
+    metric = margins.latency_metric
+    baseline = blue.percentile(PERCENTILES[metric]) if metric in PERCENTILES else None
+    if baseline is not None:
+        allowed = baseline * (1 + margins.latency_margin) + margins.latency_slack * 1000
+        yield _Cap(
+            f"{metric} <= blue's {format_value(metric, baseline)} + margins", metric, allowed, True
+        )
+
+
+def early_failure(
+    green: ColorTraffic,
+    blue: ColorTraffic,
+    thresholds: Sequence[Threshold],
+    margins: SloCompareSection | None,
+    min_requests: int,
+) -> str | None:
+    """Why green already fails, before ``min_requests`` (see the module docstring); None
+    while nothing is certain yet. Comparisons count only once blue has ``min_requests``."""
+    if green.requests < EARLY_FAIL_MIN_REQUESTS:
+        return None
+    latencies = green.latencies_ms
+    for cap in _caps(thresholds, blue, margins, min_requests):
+        limit = format_value(cap.metric, cap.limit)
+        if cap.metric == "error_rate":
+            hits, total, allowed = green.errors, green.requests, cap.limit
+            what = f"{hits} of {total} requests failed"
+        else:
+            # Requests beyond the limit: at or above it for "<", above it for "<=".
+            within = (bisect.bisect_right if cap.inclusive else bisect.bisect_left)(
+                latencies, cap.limit
+            )
+            hits, total = len(latencies) - within, len(latencies)
+            allowed = 0.0 if cap.metric == "max" else 1 - PERCENTILES[cap.metric] / 100
+            what = (
+                f"{hits} of {total} requests took {'over' if cap.inclusive else 'at least'} {limit}"
+            )
+        if cap.metric == "max":
+            certain = hits > 0
+        else:
+            certain = wilson_lower(hits, total) > allowed
+            what += ", beyond the limit with 99.9% confidence"
+        if certain:
+            return f"{cap.text}: {what} (before the {min_requests} requests of a full verdict)"
+    return None
+
+
 def judge_step(
     green: ColorTraffic,
     blue: ColorTraffic,
@@ -136,7 +235,8 @@ def judge_step(
     ``latency_margin``, ``latency_slack`` and ``error_rate_margin``; its ``scopes`` do not
     apply, the whole traffic is compared); with ``None`` or ``enabled = false`` there is
     no comparison. Fewer than ``min_requests`` on green, or on blue when comparing, is
-    inconclusive. A bad rule raises :class:`ConfigError`.
+    inconclusive, unless green already fails beyond doubt (:func:`early_failure`). A bad
+    rule raises :class:`ConfigError`.
     """
     if min_requests < 1:
         raise ValueError(f"min_requests must be at least 1, not {min_requests}")
@@ -149,6 +249,9 @@ def judge_step(
         if traffic.requests < min_requests
     ]
     if short:
+        early = early_failure(green, blue, thresholds, margins, min_requests)
+        if early is not None:
+            return StepVerdict("fail", early, green_summary, blue_summary)
         return StepVerdict("inconclusive", "; ".join(short), green_summary, blue_summary)
 
     evaluation = evaluate(thresholds, _TrafficWindow(green), min_requests=min_requests)

@@ -21,14 +21,15 @@ and percentiles of what remains still describe the window; only the counts fall 
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from releasegate.errors import InfraError
-from releasegate.router.config import COLORS, TRAFFIC_RING
+from releasegate.router.config import COLORS, TRAFFIC_LINE_MAX, TRAFFIC_RING
 from releasegate.router.runtime import RuntimeClient
 
 if TYPE_CHECKING:
@@ -76,14 +77,24 @@ class ColorTraffic:
 
     def merged(self, other: ColorTraffic) -> ColorTraffic:
         """This window followed by ``other`` (same color): counts, latencies and lengths add."""
-        if other.color != self.color:
-            raise ValueError(f"cannot merge {other.color} traffic into {self.color}")
-        return ColorTraffic(
-            color=self.color,
-            requests=self.requests + other.requests,
-            errors=self.errors + other.errors,
-            latencies_ms=tuple(heapq.merge(self.latencies_ms, other.latencies_ms)),
-            duration_s=self.duration_s + other.duration_s,
+        return ColorTraffic.combine(self.color, [self, other])
+
+    @classmethod
+    def combine(cls, color: str, windows: Sequence[ColorTraffic]) -> ColorTraffic:
+        """Consecutive windows of ``color`` as one (none: an empty window).
+
+        One sort for all of them: Timsort merges sorted runs in C, in about linear time.
+        To judge a long step often, keep the drained windows and combine them when judging,
+        rather than merging every drain into a growing window.
+        """
+        if any(window.color != color for window in windows):
+            raise ValueError(f"cannot combine other colors' traffic into {color}'s")
+        return cls(
+            color=color,
+            requests=sum(window.requests for window in windows),
+            errors=sum(window.errors for window in windows),
+            latencies_ms=tuple(sorted(chain.from_iterable(w.latencies_ms for w in windows))),
+            duration_s=sum(window.duration_s for window in windows),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -175,9 +186,15 @@ class TrafficReader:
     format, e.g. from a router started with an older config).
     """
 
-    def __init__(self, client: RuntimeClient, ring: str = TRAFFIC_RING) -> None:
+    def __init__(
+        self, client: RuntimeClient, ring: str = TRAFFIC_RING, ring_size: int | None = None
+    ) -> None:
         self.client = client
         self.ring = ring
+        # With the ring's size, an overrun is noticed even when the ring was empty at the
+        # previous read (no cursor line to look for): the ring is full now.
+        self.ring_size = ring_size
+        self._has_read = False
         self.overruns = 0
         self.restarts = 0
         self.unrouted = 0
@@ -193,43 +210,64 @@ class TrafficReader:
         from releasegate.router.config import router_config
         from releasegate.router.process import runtime_client
 
-        return cls(runtime_client(settings, router_config(settings)))
+        config = router_config(settings)
+        return cls(runtime_client(settings, config), ring_size=config.traffic_ring_size)
 
-    def read_ring(self) -> list[str]:
-        """The ring's lines, oldest first; :class:`InfraError` when there is no such ring."""
+    def read_ring(self) -> str:
+        """The ring's text, a line a request, oldest first; :class:`InfraError` when the
+        router has no such ring."""
         answer = self.client.command(f"show events {self.ring}")
         if answer.startswith("No such event sink"):
             raise InfraError(
                 f"the router has no traffic ring {self.ring!r}: it runs a config from an"
                 " older releasegate; restart it (router down, router up) to read real traffic"
             )
-        return [line for line in answer.splitlines() if line]
+        return answer
 
-    def new_lines(self, lines: list[str]) -> list[str]:
-        """The lines after the cursor, oldest first, and move the cursor to the newest.
+    def new_lines(self, text: str) -> list[str]:
+        """The lines of ``text`` (the ring) after the cursor, oldest first; the cursor
+        moves to the newest.
 
-        Scans from the end and stops at the cursor, so a read costs what is new, not what
-        the ring holds. Without the cursor in ``lines``, either the ring overran or
-        HAProxy restarted (another pid): every line is new, and the event is counted.
+        The cursor is looked for from the end of the text (``str.rfind``) and only what
+        follows it is split, so a read costs what is new, not what the ring holds.
+        Without the cursor in the text, either the ring overran or HAProxy restarted
+        (another pid): every line is new, and the event is counted. After a read of an
+        empty ring there is no cursor: a ring that is full now overran.
         """
-        if not lines:
+        read_before, self._has_read = self._has_read, True
+        body = text.strip("\n")
+        if not body:
             return []
-        newest = lines[-1]
-        start = 0
-        if self._last_line is not None:
-            for index in range(len(lines) - 1, -1, -1):
-                if lines[index] == self._last_line:
-                    start = index + 1
-                    break
+        newest = body[body.rfind("\n") + 1 :]
+        # Both ends padded, so that the cursor matches whole lines only.
+        padded = f"\n{body}\n"
+        tail = padded
+        if self._last_line is None:
+            if read_before and self._ring_full(body):
+                self.overruns += 1
+        else:
+            cursor = f"\n{self._last_line}\n"
+            at = padded.rfind(cursor)
+            if at >= 0:
+                tail = padded[at + len(cursor) - 1 :]
+            elif _pid_of(newest) not in (None, self._last_pid):
+                self.restarts += 1
             else:
-                newest_pid = _pid_of(newest)
-                if newest_pid is not None and newest_pid != self._last_pid:
-                    self.restarts += 1
-                else:
-                    self.overruns += 1
+                self.overruns += 1
         self._last_line = newest
         self._last_pid = _pid_of(newest)
-        return lines[start:]
+        return [line for line in tail.split("\n") if line]
+
+    def _ring_full(self, body: str) -> bool:
+        """Whether the lines of ``body`` fill the ring, so older ones were dropped for them.
+
+        HAProxy stores a line with two bytes of its own and drops the oldest lines when
+        the next one (at most ``TRAFFIC_LINE_MAX`` bytes) would not fit.
+        """
+        if self.ring_size is None:
+            return False
+        stored = len(body) + body.count("\n") + 2  # each line's length, plus 2 each
+        return stored >= self.ring_size - TRAFFIC_LINE_MAX - 2
 
     def drain(self) -> dict[str, ColorTraffic]:
         """Requests logged since the previous drain, per color (``blue`` and ``green``).

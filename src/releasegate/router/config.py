@@ -51,9 +51,6 @@ COLOR_HEADER = "X-Releasegate-Color"
 # (releasegate.canary.traffic parses the lines).
 TRAFFIC_RING = "traffic"
 TRAFFIC_LOG_FORMAT = "%pid %rt %s %ST %Ta %ts"
-# About 30 bytes a line: a ring of 1 MiB holds some 15 s of traffic at 2,000 requests/s,
-# more than the time between two reads of a canary step.
-TRAFFIC_RING_SIZE = 1 << 20
 TRAFFIC_LINE_MAX = 256
 # The cookie that keeps a client on the color it got during a canary (see render_config).
 STICKY_COOKIE = "RGCOLOR"
@@ -109,6 +106,8 @@ class RouterConfig:
     client_timeout: float
     server_timeout: float
     stop_timeout: float
+    # router.traffic_ring_size: the default 1 MiB holds some 15 s at 2,000 requests/s.
+    traffic_ring_size: int
 
     @property
     def backend(self) -> str:
@@ -150,6 +149,7 @@ def router_config(settings: Settings) -> RouterConfig:
         client_timeout=section.client_timeout,
         server_timeout=section.server_timeout,
         stop_timeout=section.stop_timeout,
+        traffic_ring_size=section.traffic_ring_size,
     )
 
 
@@ -188,7 +188,7 @@ def render_config(config: RouterConfig) -> str:
         f"    maxconn {config.maxconn}",
         f"    hard-stop-after {haproxy_duration(config.stop_timeout)}",
         "",
-        *_traffic_ring(),
+        *_traffic_ring(config.traffic_ring_size),
         "defaults",
         "    mode http",
         f"    timeout connect {haproxy_duration(config.connect_timeout)}",
@@ -230,7 +230,7 @@ def render_config(config: RouterConfig) -> str:
     return "\n".join(lines)
 
 
-def _traffic_ring() -> list[str]:
+def _traffic_ring(size: int) -> list[str]:
     """The ring section the frontend logs every request into (``format raw``: the line
     alone, no syslog header)."""
     return [
@@ -238,7 +238,7 @@ def _traffic_ring() -> list[str]:
         "    description releasegate-traffic",
         "    format raw",
         f"    maxlen {TRAFFIC_LINE_MAX}",
-        f"    size {TRAFFIC_RING_SIZE}",
+        f"    size {size}",
         "",
     ]
 

@@ -15,9 +15,14 @@ from releasegate.canary.traffic import (
 from releasegate.router.runtime import RuntimeClient
 
 
-def reader() -> TrafficReader:
+def ring(lines: list[str]) -> str:
+    """The lines as ``show events`` prints them: one a line, then an empty line."""
+    return "".join(f"{line}\n" for line in lines) + "\n"
+
+
+def reader(ring_size: int | None = None) -> TrafficReader:
     # new_lines is pure: the client is never called here.
-    return TrafficReader(RuntimeClient(Path("/nonexistent/admin.sock")))
+    return TrafficReader(RuntimeClient(Path("/nonexistent/admin.sock")), ring_size=ring_size)
 
 
 def test_parse_a_served_request() -> None:
@@ -55,31 +60,59 @@ def test_lines_of_another_format_are_rejected(text: str) -> None:
 
 
 def test_the_cursor_returns_only_what_follows_the_last_line_seen() -> None:
-    ring = reader()
+    reading = reader()
     first = ["9 1 blue 200 1 --", "9 3 green 200 2 --"]
-    assert ring.new_lines(first) == first
+    assert reading.new_lines(ring(first)) == first
     # Request 2 ended after request 3: ids are not in the order of the lines.
     later = [*first, "9 2 blue 200 40 --", "9 5 blue 200 1 --"]
-    assert ring.new_lines(later) == ["9 2 blue 200 40 --", "9 5 blue 200 1 --"]
-    assert ring.new_lines(later) == []
-    assert (ring.overruns, ring.restarts) == (0, 0)
+    assert reading.new_lines(ring(later)) == ["9 2 blue 200 40 --", "9 5 blue 200 1 --"]
+    assert reading.new_lines(ring(later)) == []
+    assert (reading.overruns, reading.restarts) == (0, 0)
+
+
+def test_the_cursor_matches_whole_lines_only() -> None:
+    reading = reader()
+    reading.new_lines(ring(["9 1 blue 200 1 --"]))
+    # The cursor's text is the end of a later line: that line is still new.
+    assert reading.new_lines(ring(["9 1 blue 200 1 --", "19 1 blue 200 1 --"])) == [
+        "19 1 blue 200 1 --"
+    ]
 
 
 def test_an_overrun_ring_is_noted_and_what_is_left_is_read() -> None:
-    ring = reader()
-    ring.new_lines(["9 1 blue 200 1 --", "9 2 blue 200 1 --"])
+    reading = reader()
+    reading.new_lines(ring(["9 1 blue 200 1 --", "9 2 blue 200 1 --"]))
     # The ring dropped line 2 (and maybe more) before it was read again.
     rest = ["9 7 blue 200 1 --", "9 8 green 200 1 --"]
-    assert ring.new_lines(rest) == rest
-    assert (ring.overruns, ring.restarts) == (1, 0)
+    assert reading.new_lines(ring(rest)) == rest
+    assert (reading.overruns, reading.restarts) == (1, 0)
+
+
+def test_a_ring_found_empty_then_full_has_overrun() -> None:
+    line = "9 100 blue 200 1 --"  # 19 bytes, 21 stored
+    # A ring of 1,000 bytes is full once less than a longest line (256 bytes) is left.
+    full = [line] * 36  # 756 bytes stored, 742 or more is full
+    partly = [line] * 35  # 735
+    reading = reader(ring_size=1000)
+    assert reading.new_lines("\n") == []
+    assert reading.new_lines(ring(partly)) == partly
+    assert reading.overruns == 0
+    again = reader(ring_size=1000)
+    again.new_lines("\n")
+    assert again.new_lines(ring(full)) == full
+    assert again.overruns == 1
+    # The first read returns what the ring holds, without a verdict on what came before.
+    first = reader(ring_size=1000)
+    assert first.new_lines(ring(full)) == full
+    assert first.overruns == 0
 
 
 def test_a_restarted_haproxy_is_told_from_an_overrun_by_its_pid() -> None:
-    ring = reader()
-    ring.new_lines(["9 1 blue 200 1 --", "9 2 blue 200 1 --"])
+    reading = reader()
+    reading.new_lines(ring(["9 1 blue 200 1 --", "9 2 blue 200 1 --"]))
     fresh = ["12 0 blue 200 1 --"]
-    assert ring.new_lines(fresh) == fresh
-    assert (ring.overruns, ring.restarts) == (0, 1)
+    assert reading.new_lines(ring(fresh)) == fresh
+    assert (reading.overruns, reading.restarts) == (0, 1)
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -117,3 +150,5 @@ def test_color_traffic_figures_and_merge() -> None:
     assert ColorTraffic("blue").percentile(95) is None
     with pytest.raises(ValueError):
         first.merged(ColorTraffic("blue"))
+    assert ColorTraffic.combine("green", [first, second, ColorTraffic("green")]) == both
+    assert ColorTraffic.combine("green", []) == ColorTraffic("green")
