@@ -9,10 +9,13 @@ A weight step gives the new color its share of new requests through the router's
 API, waits the step's duration while the router logs every request
 (:class:`~releasegate.canary.traffic.TrafficReader`), and judges the window
 (:func:`~releasegate.canary.analysis.judge_step`): the new color against its rules and
-against the old color on the same traffic. Too few requests extends the step by its
-duration, up to ``max_extensions`` times, then fails; a step whose minimum can never be
-reached at the observed rate fails at once and says why. A failed step sends every new
-request back to the old color before it returns; the release's rollback follows.
+against the old color on the same traffic. The window is judged at every read: a
+failure ends the step at once (before ``min_requests`` only when the analysis finds the
+new color beyond a limit beyond doubt), a pass waits for the end of the window. Too few
+requests extends the step by its duration, up to ``max_extensions`` times, then fails; a
+step whose minimum can never be reached at the observed rate fails at once and says why.
+A failed step sends every new request back to the old color before it returns; the
+release's rollback follows.
 
 A ``pause`` ends the run in the ``paused`` outcome (:data:`ExitCode.PAUSED`) with the
 weight in place; ``release --resume`` continues with the next step.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +39,7 @@ from releasegate.pipeline.context import CANARY, REDIS, ReleaseContext, StepOutc
 if TYPE_CHECKING:
     from releasegate.canary.analysis import StepVerdict
     from releasegate.canary.traffic import ColorTraffic, TrafficReader
-    from releasegate.config import CanarySection, SloCompareSection
+    from releasegate.config import SloCompareSection
 
 Step = Callable[[ReleaseContext], StepOutcome]
 # How often a weight step reads the router's log: the running counts on the terminal.
@@ -121,17 +124,30 @@ def unreachable_reason(
 
 @dataclass
 class _Window:
-    """The traffic of one weight step so far, per role."""
+    """The traffic of one weight step so far: each drain of the router's log, per color."""
 
-    new: ColorTraffic
-    old: ColorTraffic
+    new_color: str
+    old_color: str
+    drains: list[dict[str, ColorTraffic]] = field(default_factory=list)
 
     def add(self, drained: dict[str, ColorTraffic]) -> None:
-        self.new = self.new.merged(drained[self.new.color])
-        self.old = self.old.merged(drained[self.old.color])
+        self.drains.append(drained)
+
+    def traffic(self, color: str) -> ColorTraffic:
+        from releasegate.canary.traffic import ColorTraffic
+
+        # Combined when judged (one sort), not merged at every drain.
+        return ColorTraffic.combine(color, [drained[color] for drained in self.drains])
+
+    def requests(self, color: str) -> int:
+        return sum(drained[color].requests for drained in self.drains)
 
     def counts(self) -> str:
-        return "; ".join(f"{t.color} {t.requests} req {t.errors} err" for t in (self.new, self.old))
+        return "; ".join(
+            f"{color} {self.requests(color)} req"
+            f" {sum(drained[color].errors for drained in self.drains)} err"
+            for color in (self.new_color, self.old_color)
+        )
 
 
 def _catch_up_redis(ctx: ReleaseContext) -> None:
@@ -159,8 +175,10 @@ def _set_weight(ctx: ReleaseContext, weight: int) -> dict[str, Any]:
 
 def _observe(
     ctx: ReleaseContext, weight: int, reader: TrafficReader, window: _Window, until: float
-) -> None:
-    """Read the router's log every tick until ``until``, showing the running counts."""
+) -> StepVerdict:
+    """Read the router's log every tick until ``until``, showing the running counts, and
+    judge what came so far: a failure ends the step at once (the analysis fails early
+    only beyond doubt), anything else waits for the end of the window."""
     while (left := until - time.monotonic()) > 0:
         time.sleep(min(TICK_S, left))
         window.add(reader.drain())
@@ -168,14 +186,20 @@ def _observe(
         ctx.step_progress(
             f"canary {weight}%", f"weight {weight}%: {window.counts()}; {left:.0f}s left"
         )
+        verdict = _judge(ctx.settings, window)
+        if verdict.verdict == "fail":
+            return verdict
+    return _judge(ctx.settings, window)
 
 
-def _judge(settings: Settings, canary: CanarySection, window: _Window) -> StepVerdict:
+def _judge(settings: Settings, window: _Window) -> StepVerdict:
     from releasegate.canary.analysis import judge_step
 
+    canary = settings.raw.release.canary
+    assert canary is not None
     return judge_step(
-        window.new,
-        window.old,
+        window.traffic(window.new_color),
+        window.traffic(window.old_color),
         rules=canary_rules(settings),
         compare=canary_compare(settings),
         min_requests=canary.min_requests,
@@ -185,7 +209,7 @@ def _judge(settings: Settings, canary: CanarySection, window: _Window) -> StepVe
 def weight_step(ctx: ReleaseContext, weight: int) -> StepOutcome:
     """``weight`` percent of new requests to the new color for the step's duration (and
     its extensions), judged on what the router logged; see the module docs."""
-    from releasegate.canary.traffic import ColorTraffic, TrafficReader
+    from releasegate.canary.traffic import TrafficReader
 
     canary = ctx.settings.raw.release.canary
     assert canary is not None and ctx.target is not None
@@ -195,21 +219,20 @@ def weight_step(ctx: ReleaseContext, weight: int) -> StepOutcome:
     _catch_up_redis(ctx)
     reader = TrafficReader.for_settings(ctx.settings)
     started = time.monotonic()
-    window = _Window(ColorTraffic(ctx.target), ColorTraffic(ctx.live_before))
+    window = _Window(ctx.target, ctx.live_before)
     extensions = 0
     try:
         reader.skip_backlog()  # the window starts with this step's weight
         switch = _set_weight(ctx, weight)
         until = time.monotonic() + canary.duration
         while True:
-            _observe(ctx, weight, reader, window, until)
-            verdict = _judge(ctx.settings, canary, window)
+            verdict = _observe(ctx, weight, reader, window, until)
             if verdict.verdict != "inconclusive":
                 break
             elapsed = time.monotonic() - started
             left = (canary.max_extensions - extensions) * canary.duration
             why = unreachable_reason(
-                window.new.requests, elapsed, left, canary.min_requests, weight
+                window.requests(window.new_color), elapsed, left, canary.min_requests, weight
             )
             if why is not None:
                 verdict = replace(verdict, reason=f"{verdict.reason}: {why}")
@@ -308,8 +331,8 @@ def _router_lost(
     verdict = {
         "verdict": "fail",
         "reason": reason,
-        "green": window.new.summary(),
-        "blue": window.old.summary(),
+        "green": window.traffic(window.new_color).summary(),
+        "blue": window.traffic(window.old_color).summary(),
         "router": answer,
     }
     record = _record(weight, elapsed_s, 0, verdict, None)
