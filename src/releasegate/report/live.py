@@ -50,7 +50,7 @@ _UP = "\x1b[{n}A"
 _CLEAR_LINE = "\x1b[2K"
 _CLEAR_BELOW = "\x1b[J"
 _RESET = "\x1b[0m"
-PLAIN_UPDATE_S = 10.0
+PLAIN_UPDATE_S = 10.0  # off a TTY, a running step's figures at most this often
 NAME_WIDTH = 16  # step names are padded to this (or the longest running name)
 MAX_NAME = 32
 
