@@ -4,7 +4,8 @@
 #   scripts/ci/act-rehearsal.sh [VARIANT]
 #       this repository's staging.yml for the example service; VARIANT: v2 (default,
 #       expect promotion) or v3-bad (expect the automatic rollback)
-#   scripts/ci/act-rehearsal.sh --caller DIR [--workflow FILE] [--input K=V]... [--secret K=V]...
+#   scripts/ci/act-rehearsal.sh --caller DIR [--workflow FILE] [--remote] [--secret-file F]
+#                               [--input K=V]... [--secret K=V]... [--var K=V]...
 #       a workflow of the service repository DIR (default .github/workflows/
 #       releasegate-staging.yml; a push event, or workflow_dispatch for a workflow that has
 #       no push trigger), calling releasegate's reusable workflows as OWNER/REPO/...@REF:
@@ -18,8 +19,10 @@
 #
 # The image goes to a registry on 127.0.0.1:35000 (RELEASEGATE_ACT_REGISTRY_PORT), as
 # REGISTRY/SERVICE (RELEASEGATE_ACT_IMAGE), so later runs pull the digest an earlier one
-# promoted. A caller's production workflow runs on the ephemeral target until a remote
-# host is rehearsed (RELEASEGATE_PRODUCTION_TARGET=ephemeral). act puts the job container of a job
+# promoted. A caller's production workflow runs on the ephemeral target, or with --remote
+# on the remote target its secrets name (RELEASEGATE_PRODUCTION_TARGET=remote; the
+# secrets, SSH key included, come from --secret-file, in act's .env format), with the
+# router and colors as the caller's releasegate.production.toml places them. act puts the job container of a job
 # with services on a network of its own; the release job needs the host's network (the
 # colors and the router listen on 127.0.0.1 of the host, the service containers publish
 # their ports there), so --container-options gives it that. Ports: router 38080, colors
@@ -28,7 +31,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/setup.sh"
 
-caller="" workflow="" variant="v2"
+caller="" workflow="" variant="v2" remote=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,6 +40,8 @@ while [ $# -gt 0 ]; do
     --input) extra+=(--input "$2"); shift ;;
     --secret) extra+=(--secret "$2"); shift ;;
     --var) extra+=(--var "$2"); shift ;;
+    --secret-file) extra+=(--secret-file "$2"); shift ;;
+    --remote) remote=1 ;;
     -*) echo "error: unknown option $1" >&2; exit 2 ;;
     *) variant="$1" ;;
   esac
@@ -67,8 +72,12 @@ if [ -n "$caller" ]; then
     --container-options "--network host -v $REPO_ROOT:/opt/releasegate-source:ro"
     --var RELEASEGATE_SOURCE=/opt/releasegate-source
     --var "RELEASEGATE_IMAGE=${RELEASEGATE_ACT_IMAGE:-$registry/$service}"
-    --var RELEASEGATE_PRODUCTION_TARGET=ephemeral
   )
+  if [ "$remote" -eq 1 ]; then
+    mode+=(--var RELEASEGATE_PRODUCTION_TARGET=remote)
+  else
+    mode+=(--var RELEASEGATE_PRODUCTION_TARGET=ephemeral)
+  fi
   label="$service: $(basename "$workflow")"
 else
   cd "$REPO_ROOT"
@@ -94,6 +103,17 @@ cleanup_act() {
 }
 cleanup_act
 trap cleanup_act EXIT
+# On this machine, the router and colors listen on ports of the rehearsal's own; a remote
+# target has them where its environment's config file says.
+local_ports=()
+if [ "$remote" -eq 0 ]; then
+  local_ports=(
+    --env "RELEASEGATE_ROUTER__BIND=127.0.0.1:$port"
+    --env "RELEASEGATE_DEPLOY__BLUE_PORT=$((port + 1))"
+    --env "RELEASEGATE_DEPLOY__GREEN_PORT=$((port + 2))"
+    --env RELEASEGATE_ROUTER__RUNTIME_DIR=.releasegate/router-act
+  )
+fi
 log_file="${RELEASEGATE_ACT_LOG:-$(mktemp "${TMPDIR:-/tmp}/releasegate-act-log.XXXXXX")}"
 started=$SECONDS
 "$VENV/bin/act" "${mode[@]}" \
@@ -108,10 +128,7 @@ started=$SECONDS
   --var RELEASEGATE_QDRANT=embedded \
   --var RELEASEGATE_GATE_PROFILE="${RELEASEGATE_ACT_GATE_PROFILE:-long}" \
   --env "RELEASEGATE_SERVICE__NAME=$service-act" \
-  --env "RELEASEGATE_ROUTER__BIND=127.0.0.1:$port" \
-  --env "RELEASEGATE_DEPLOY__BLUE_PORT=$((port + 1))" \
-  --env "RELEASEGATE_DEPLOY__GREEN_PORT=$((port + 2))" \
-  --env RELEASEGATE_ROUTER__RUNTIME_DIR=.releasegate/router-act \
+  "${local_ports[@]}" \
   "${extra[@]}" 2>&1 | tee "$log_file" || true
 echo "act-rehearsal: $label finished in $((SECONDS - started)) s"
 echo "step timings:"

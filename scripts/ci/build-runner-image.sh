@@ -3,7 +3,8 @@
 # workflows runs on:
 #
 #   releasegate/act-runner:bookworm    the job container: python3 + venv, git, the docker
-#                                      CLI, haproxy, postgresql-client, and a wheelhouse of
+#                                      CLI, an ssh client (DOCKER_HOST=ssh://), haproxy,
+#                                      postgresql-client, and a wheelhouse of
 #                                      releasegate and its dev dependencies (pip finds it
 #                                      through PIP_FIND_LINKS, with PIP_NO_INDEX set)
 #   releasegate/act-postgres:15        a Postgres 15 service container (POSTGRES_USER,
@@ -26,11 +27,12 @@ RUNNER_TAG="${RELEASEGATE_ACT_RUNNER_IMAGE:-releasegate/act-runner:bookworm}"
 PG_TAG="${RELEASEGATE_ACT_POSTGRES_IMAGE:-releasegate/act-postgres:15}"
 REDIS_TAG="${RELEASEGATE_ACT_REDIS_IMAGE:-releasegate/act-redis:7}"
 suite="bookworm"
-packages="python3,python3-venv,python3-pip,ca-certificates,git,haproxy,postgresql-15,postgresql-client-15,redis-server,procps,curl,gzip,tar"
+packages="python3,python3-venv,python3-pip,ca-certificates,git,haproxy,postgresql-15,postgresql-client-15,redis-server,procps,curl,gzip,tar,openssh-client"
 
 start_docker
-# A new dev dependency must reach the wheelhouse, or the workflow's install finds no wheel.
-wheelhouse="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+# A new dev dependency must reach the wheelhouse, or the workflow's install finds no wheel;
+# a new package, the image.
+wheelhouse="$(cat "$REPO_ROOT/pyproject.toml" - <<<"$packages" | sha256sum | cut -d' ' -f1)"
 if [ "$force" -eq 0 ] && docker image inspect "$RUNNER_TAG" "$PG_TAG" "$REDIS_TAG" >/dev/null 2>&1 &&
   [ "$(docker image inspect -f '{{ index .Config.Labels "releasegate.wheelhouse" }}' "$RUNNER_TAG")" = "$wheelhouse" ]; then
   log "act images already exist: $RUNNER_TAG $PG_TAG $REDIS_TAG"

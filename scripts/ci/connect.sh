@@ -4,6 +4,9 @@
 #   ephemeral: the service containers on 127.0.0.1 (Qdrant embedded when RG_QDRANT=embedded)
 #   remote:    the secrets DATABASE_URL, REDIS_URL, QDRANT_URL, QDRANT_API_KEY, DOCKER_HOST
 #              (+ DOCKER_SSH_KEY and DOCKER_KNOWN_HOSTS, or DOCKER_TLS_CA/CERT/KEY)
+# Either target: BACKUP_AWS_ACCESS_KEY_ID, BACKUP_AWS_SECRET_ACCESS_KEY,
+# BACKUP_AWS_ENDPOINT_URL and BACKUP_AWS_REGION, when given, become the variables the
+# AWS SDK reads itself, for a backup.destination = "s3://..." that outlives the runner.
 # The SSH host key is pinned by DOCKER_KNOWN_HOSTS, never learnt on first use; the key
 # and the known hosts go to files under $RUNNER_TEMP (or $HOME), which the workflow
 # removes at the end of the job (connect.sh --cleanup). Every value goes to GITHUB_ENV
@@ -86,9 +89,19 @@ if [ "$qdrant_env" != "-" ] && [ -n "$qdrant" ] && [ "${RG_QDRANT:-service}" = s
   [ -n "$qkey" ] && setenv "$qdrant_key_env" "$qkey"
 fi
 setenv RELEASEGATE_CONFIG "$PWD/$config"
+backup_credentials=""
+for pair in AWS_ACCESS_KEY_ID=BACKUP_AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=BACKUP_AWS_SECRET_ACCESS_KEY \
+  AWS_ENDPOINT_URL_S3=BACKUP_AWS_ENDPOINT_URL AWS_DEFAULT_REGION=BACKUP_AWS_REGION; do
+  secret="${pair#*=}"
+  value="${!secret:-}"
+  [ -n "$value" ] || continue
+  case "$secret" in *_KEY_ID | *_SECRET_*) mask "$value" ;; esac
+  setenv "${pair%%=*}" "$value"
+  backup_credentials=" and the backup destination's credentials"
+done
 
 case "${RG_GATE_PROFILE:-config}" in
   quick) setenv RELEASEGATE_SLO__WARMUP 5s; setenv RELEASEGATE_SLO__DURATION 25s ;;
   long) setenv RELEASEGATE_SLO__WARMUP 5s; setenv RELEASEGATE_SLO__DURATION 55s ;;
 esac
-echo "stores: postgres via \$$pg_env, redis via \$$redis_env, qdrant: ${RG_QDRANT:-service} (${RG_TARGET:-ephemeral} target)"
+echo "stores: postgres via \$$pg_env, redis via \$$redis_env, qdrant: ${RG_QDRANT:-service} (${RG_TARGET:-ephemeral} target)$backup_credentials"

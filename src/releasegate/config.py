@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from releasegate.config_base import Duration as Duration
 from releasegate.config_base import Ratio, Section, threshold_rules
 from releasegate.config_base import format_duration as format_duration
 from releasegate.config_base import parse_duration as parse_duration
+from releasegate.config_files import apply_environment_file, read_toml_file
 from releasegate.config_release import CanarySection as CanarySection
 from releasegate.config_release import ReleaseSection as ReleaseSection
 from releasegate.errors import ConfigError
@@ -34,7 +34,12 @@ from releasegate.secrets import check_url, mask_url, register_secret
 DEFAULT_CONFIG_NAME = "releasegate.toml"
 ENV_PREFIX = "RELEASEGATE_"
 # Variables with this prefix that are not key overrides.
-RESERVED_ENV = {"RELEASEGATE_CONFIG", "RELEASEGATE_DEBUG", "RELEASEGATE_PERFORMER"}
+RESERVED_ENV = {
+    "RELEASEGATE_CONFIG",
+    "RELEASEGATE_DEBUG",
+    "RELEASEGATE_PERFORMER",
+    "RELEASEGATE_ENVIRONMENT",
+}
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -346,6 +351,8 @@ class Settings:
     path: Path
     raw: RawConfig
     env: Mapping[str, str]
+    # releasegate.<environment>.toml when one was laid over the file (config_files).
+    environment_path: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -414,17 +421,8 @@ class Settings:
                 check_url(url, f"${var}")
             values["url"] = mask_url(url) if url else f"<{var} is not set>"
         data["migrations"]["postgres"] = str(self.migrations_dir)
-        return {"config": str(self.path), **data}
-
-
-def refuse_bom(text: str, name: str) -> str:
-    """``text`` unless it starts with a UTF-8 byte-order mark, which TOML parsers reject
-    as "Invalid statement (at line 1, column 1)": then a ConfigError that says so."""
-    if text.startswith("\ufeff"):
-        raise ConfigError(
-            f"{name} starts with a UTF-8 byte-order mark (BOM): save it as UTF-8 without BOM"
-        )
-    return text
+        layers = {"environment_config": str(self.environment_path)} if self.environment_path else {}
+        return {"config": str(self.path), **layers, **data}
 
 
 def find_config(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
@@ -495,15 +493,12 @@ def load_config(
     """Read, override and validate the config file; raise :class:`ConfigError` on any problem."""
     env = dict(os.environ if env is None else env)
     config_path = find_config(path, env)
-    try:
-        data = tomllib.loads(refuse_bom(config_path.read_text(encoding="utf-8"), config_path.name))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_path.name}: invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_path}: cannot read: {exc}") from None
-    origins = _apply_overrides(data, env)
+    data = read_toml_file(config_path)
+    environment_path, environment_keys = apply_environment_file(data, config_path, env)
+    origins = {key: environment_path.name for key in environment_keys} if environment_path else {}
+    origins.update(_apply_overrides(data, env))
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, config_path.name, origins)) from None
-    return Settings(path=config_path, raw=raw, env=env)
+    return Settings(path=config_path, raw=raw, env=env, environment_path=environment_path)

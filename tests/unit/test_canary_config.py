@@ -111,3 +111,26 @@ def test_parse_and_check_steps_directly() -> None:
     assert check_steps(steps) == steps
     with pytest.raises(ValueError, match="must increase"):
         check_steps([CanaryStep(10), CanaryStep(None), CanaryStep(9)])
+
+
+def test_a_canary_for_one_environment_only(tmp_path: Path) -> None:
+    path = tmp_path / "releasegate.toml"
+    path.write_text(MINIMAL)
+    (tmp_path / "releasegate.production.toml").write_text(
+        '[release]\nslo_gate = false\n\n[release.canary]\nsteps = ["10%", "pause"]\n'
+    )
+    production = load_config(path, {"RELEASEGATE_ENVIRONMENT": "production"}).raw.release
+    assert production.slo_gate is False
+    assert production.canary is not None and production.canary.steps == ["10%", "pause"]
+    staging = load_config(path, {"RELEASEGATE_ENVIRONMENT": "staging"}).raw.release
+    assert staging.slo_gate is True and staging.canary is None
+
+
+def test_bad_steps_in_an_environment_file_name_it(tmp_path: Path) -> None:
+    path = tmp_path / "releasegate.toml"
+    path.write_text(MINIMAL)
+    (tmp_path / "releasegate.production.toml").write_text('[release.canary]\nsteps = ["pause"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"RELEASEGATE_ENVIRONMENT": "production"})
+    assert "release.canary.steps" in str(info.value) and "no weight step" in str(info.value)
+    assert "releasegate.production.toml" in str(info.value)

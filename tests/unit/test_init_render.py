@@ -157,6 +157,10 @@ def test_workflows_follow_the_interface() -> None:
         "REDIS_URL",
         "QDRANT_URL",
         "QDRANT_API_KEY",
+        "BACKUP_AWS_ACCESS_KEY_ID",
+        "BACKUP_AWS_SECRET_ACCESS_KEY",
+        "BACKUP_AWS_ENDPOINT_URL",
+        "BACKUP_AWS_REGION",
     }
 
     inputs = rollback["on"]["workflow_dispatch"]["inputs"]

@@ -53,7 +53,8 @@ from pydantic import (
     model_validator,
 )
 
-from releasegate.config import Duration, EnvVarName, refuse_bom
+from releasegate.config import Duration, EnvVarName
+from releasegate.config_files import refuse_bom
 from releasegate.errors import ConfigError
 from releasegate.gates import synthetic
 from releasegate.gates.locust_runner import check_target

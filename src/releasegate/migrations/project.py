@@ -34,7 +34,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from releasegate import db
-from releasegate.config import Settings, refuse_bom
+from releasegate.config import Settings
+from releasegate.config_files import refuse_bom
 from releasegate.errors import ConfigError, InfraError, MigrationScriptError
 from releasegate.ledger.schema import LEDGER_SCHEMA
 
