@@ -182,8 +182,8 @@ class TrafficReader:
     Besides the per-color figures the reader keeps, since it was created:
     ``overruns`` (reads that found the ring had dropped lines not read yet),
     ``restarts`` (reads that found another HAProxy process), ``unrouted`` (requests no
-    color took, e.g. both at weight 0) and ``malformed`` (lines that were not the traffic
-    format, e.g. from a router started with an older config).
+    color took, e.g. both at weight 0) and ``malformed`` (lines not in the traffic format,
+    which a config of releasegate's never writes).
     """
 
     def __init__(
