@@ -11,15 +11,15 @@ client that only shows statuses still tells the colors apart. The client is ``he
    color from the status), the p95 the server measured itself, and the distribution's
    theoretical p95. Target: the router within 5% of hey's and the server's figures.
 2. **The cost of the traffic ring at ``--rate`` requests/s.** ``hey`` holds the rate for
-   ``--seconds`` against three routers in turn, ``--rounds`` times: the same config with
+   ``--seconds`` against four routers in turn, ``--rounds`` times: the same config with
    the per-request log lines removed, with them, and with them while releasegate drains
    the ring every second or every 5 seconds (a read dumps the whole ring, so its cost
    follows the ring's fill and the reads' frequency); each round starts with another
-   variant. HAProxy's CPU
-   (``/proc/<pid>/stat``) per request answered, against the run without the log lines
-   of the same round, and releasegate's (the reading thread's CPU time); medians over
-   the rounds.
-   Target: < 5% extra HAProxy CPU.
+   variant. HAProxy's CPU (``/proc/<pid>/stat``) per request answered, against the run
+   without the log lines of the same round, and releasegate's (the reading thread's CPU
+   time); medians over the rounds. Target: < 5% extra HAProxy CPU.
+3. **The fixed cost of a read**: HAProxy's and releasegate's CPU for one read of the
+   ring as the load runs left it (full), with nothing new to parse.
 
 Only 127.0.0.1 is targeted; every run is bounded in time.
 
@@ -292,6 +292,23 @@ def ring_cost(routers: dict[str, Router], rate: int, seconds: int, rounds: int) 
         print(line)
 
 
+def read_cost(target: Router, reads: int = 50) -> None:
+    """HAProxy's and releasegate's CPU for one read of the ring as it is (full after the
+    load runs), with nothing new in it: the fixed cost of a read, whatever the traffic."""
+    reader = target.reader()
+    reader.skip_backlog()
+    size = len(reader.read_ring().encode())
+    haproxy_before, own_before = target.cpu_seconds(), time.process_time()
+    for _ in range(reads):
+        reader.drain()
+    haproxy_ms = (target.cpu_seconds() - haproxy_before) / reads * 1000
+    own_ms = (time.process_time() - own_before) / reads * 1000
+    print(
+        f"\n3. one read of a {size / 1024:.0f} KiB ring, {reads} reads: HAProxy"
+        f" {haproxy_ms:.2f} ms CPU, releasegate {own_ms:.2f} ms CPU a read"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000, help="requests for the p95 part")
@@ -320,6 +337,7 @@ def main() -> None:
         }
         p95_against_independent(routers["traffic log"], ports, args.requests)
         ring_cost(routers, args.rate, args.seconds, args.rounds)
+        read_cost(routers["traffic log + reader 1s"])
 
 
 if __name__ == "__main__":

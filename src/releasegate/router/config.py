@@ -203,6 +203,8 @@ def render_config(config: RouterConfig) -> str:
         f"    bind {config.bind}",
         f"    log ring@{TRAFFIC_RING} format raw local0 info",
         f'    log-format "{TRAFFIC_LOG_FORMAT}"',
+        # A connection that sent no request (a port probe) is no request of a color.
+        "    option dontlognull",
         f"    default_backend {config.backend}",
         "",
         f"backend {config.backend}",
