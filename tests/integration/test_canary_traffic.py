@@ -260,7 +260,9 @@ def test_a_client_keeps_its_color_during_the_canary(router: Router) -> None:
             client.close()
 
 
-@pytest.mark.parametrize("abort", ["rollback", "weight zero", "runtime weight zero"])
+@pytest.mark.parametrize(
+    "abort", ["rollback", "weight zero", "runtime weight zero", "maintenance", "green down"]
+)
 def test_abort_sends_green_cookie_holders_to_blue(router: Router, abort: str) -> None:
     set_weight(router.settings, "green", 20)
     holders = []
@@ -274,14 +276,29 @@ def test_abort_sends_green_cookie_holders_to_blue(router: Router, abort: str) ->
             rollback(router.settings)  # drains green, weight 0
         elif abort == "weight zero":
             set_weight(router.settings, "green", 0)
-        else:  # weight 0 without drain, straight through the runtime API
-            runtime_client(router.settings, router_config(router.settings)).set_weight(
-                "notes", "green", 0
-            )
+        elif abort == "green down":
+            router.backends["green"].stop()  # refused at once, down after two checks
+        else:  # straight through the runtime API: weight 0 without drain, or maintenance
+            client = runtime_client(router.settings, router_config(router.settings))
+            if abort == "maintenance":
+                client.set_state("notes", "green", "maint")
+            else:
+                client.set_weight("notes", "green", 0)
         after = colors_of_sticky_clients(router.url, holders, rounds=3)
         assert all(colors == {"blue"} for colors in after), after
-        # The stale cookie is left alone: no cookie is set outside a canary.
-        assert all(c.cookies[STICKY_COOKIE] == "green" for c in holders)
+        set_by_router = {
+            cookie.value
+            for holder in holders
+            for cookie in holder.cookies.jar
+            if cookie.name == STICKY_COOKIE and cookie.domain  # not the one the test set
+        }
+        if abort == "green down":
+            # Until the checks mark green down, a request refused by green is sent again
+            # to blue, and the canary still runs: the client is pinned to blue now.
+            assert set_by_router <= {"blue"}
+        else:
+            # No cookie is set outside a canary: the stale one is ignored, left alone.
+            assert set_by_router == set()
     finally:
         for client in holders:
             client.close()
