@@ -206,7 +206,8 @@ class TrafficReader:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TrafficReader:
-        """A reader of the router of ``settings``, wherever it runs (no I/O yet)."""
+        """A reader of the router of ``settings``, wherever it runs: the ring is not read
+        yet (a remote router's admin socket is forwarded over ssh already)."""
         from releasegate.router.config import router_config
         from releasegate.router.process import runtime_client
 
