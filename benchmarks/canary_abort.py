@@ -11,11 +11,15 @@ client that only shows statuses still tells the colors apart. The client is ``he
    color from the status), the p95 the server measured itself, and the distribution's
    theoretical p95. Target: the router within 5% of hey's and the server's figures.
 2. **The cost of the traffic ring at ``--rate`` requests/s.** ``hey`` holds the rate for
-   ``--seconds`` against three routers in turn, ``--rounds`` times: the same config with
+   ``--seconds`` against four routers in turn, ``--rounds`` times: the same config with
    the per-request log lines removed, with them, and with them while releasegate drains
-   the ring every second. HAProxy's CPU (``/proc/<pid>/stat``) per request answered, and
-   releasegate's (the reading thread's CPU time) per variant; medians over the rounds.
-   Target: < 5% extra HAProxy CPU.
+   the ring every second or every 5 seconds (a read dumps the whole ring, so its cost
+   follows the ring's fill and the reads' frequency); each round starts with another
+   variant. HAProxy's CPU (``/proc/<pid>/stat``) per request answered, against the run
+   without the log lines of the same round, and releasegate's (the reading thread's CPU
+   time); medians over the rounds. Target: < 5% extra HAProxy CPU.
+3. **The fixed cost of a read**: HAProxy's and releasegate's CPU for one read of the
+   ring as the load runs left it (full), with nothing new to parse.
 
 Only 127.0.0.1 is targeted; every run is bounded in time.
 
@@ -38,12 +42,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO_ROOT, alternate, free_port
+from _common import REPO_ROOT, free_port
 
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
@@ -58,6 +62,8 @@ BACKEND = REPO_ROOT / "tests" / "integration" / "latency_backend.py"
 BACKENDS = {"blue": (20.0, 120.0, 200), "green": (40.0, 200.0, 203)}
 STATUS_COLOR = {status: color for color, (_, _, status) in BACKENDS.items()}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# How often releasegate drains the ring in the cost variants that read it (seconds).
+READ_EVERY = {"traffic log + reader 1s": 1.0, "traffic log + reader 5s": 5.0}
 
 
 @contextmanager
@@ -209,7 +215,7 @@ class LoadRun:
     lines: int = 0
 
 
-def load_run(target: Router, rate: int, seconds: int, *, read: bool) -> LoadRun:
+def load_run(target: Router, rate: int, seconds: int, *, read_every: float | None) -> LoadRun:
     workers = 20
     stop = threading.Event()
     reads: list[tuple[float, float, int]] = []  # (wall s, cpu s, lines)
@@ -217,13 +223,13 @@ def load_run(target: Router, rate: int, seconds: int, *, read: bool) -> LoadRun:
     def reading() -> None:
         reader = target.reader()
         reader.skip_backlog()
-        while not stop.wait(1.0):
+        while not stop.wait(read_every):
             wall, cpu = time.perf_counter(), time.thread_time()
             traffic = reader.drain()
             lines = sum(t.requests for t in traffic.values())
             reads.append((time.perf_counter() - wall, time.thread_time() - cpu, lines))
 
-    thread = threading.Thread(target=reading) if read else None
+    thread = threading.Thread(target=reading) if read_every else None
     if thread is not None:
         thread.start()
     before, started = target.cpu_seconds(), time.perf_counter()
@@ -251,33 +257,28 @@ def load_run(target: Router, rate: int, seconds: int, *, read: bool) -> LoadRun:
 
 
 def ring_cost(routers: dict[str, Router], rate: int, seconds: int, rounds: int) -> None:
-    print(f"\n2. cost at {rate} req/s, hey -z {seconds}s -c 20, {rounds} rounds alternated")
-    runs: dict[str, list[LoadRun]] = {name: [] for name in routers}
-
-    def variant(name: str, read: bool) -> Callable[[], float]:
-        def once() -> float:
-            run = load_run(routers[name], rate, seconds, read=read)
-            runs[name].append(run)
-            return run.haproxy_us
-
-        return once
-
-    alternate(
-        rounds,
-        {
-            "no traffic log": variant("no traffic log", False),
-            "traffic log": variant("traffic log", False),
-            "traffic log + reader": variant("traffic log + reader", True),
-        },
-    )
-    base = statistics.median(r.haproxy_us for r in runs["no traffic log"])
+    print(f"\n2. cost at {rate} req/s, hey -z {seconds}s -c 20, {rounds} rounds")
+    names = list(routers)
+    runs: dict[str, list[LoadRun]] = {name: [] for name in names}
+    for index in range(rounds):
+        # Each round starts with another variant, so that drift within a round (other
+        # work on the machine) does not always favour the same one.
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            runs[name].append(
+                load_run(routers[name], rate, seconds, read_every=READ_EVERY.get(name))
+            )
+    base = runs["no traffic log"]
     for name, samples in runs.items():
         per_request = statistics.median(r.haproxy_us for r in samples)
+        # Against the run without the log lines of the same round.
+        paired = statistics.median(
+            r.haproxy_us / b.haproxy_us for r, b in zip(samples, base, strict=True)
+        )
         line = (
             f"   {name:<22} rate {statistics.median(r.rate for r in samples):5.0f}/s"
             f"   HAProxy CPU {statistics.median(r.haproxy_cpu for r in samples) * 100:5.2f}%"
-            f" of a core, {per_request:5.1f} us a request ({pct(per_request, base)} vs no log)"
-            f"   [{', '.join(f'{r.haproxy_us:.1f}' for r in samples)}]"
+            f" of a core, {per_request:5.1f} us a request ({(paired - 1) * 100:+.1f}% vs no log,"
+            f" median of rounds)   [{', '.join(f'{r.haproxy_us:.1f}' for r in samples)}]"
         )
         readers = [r for r in samples if r.reader_cpu is not None]
         if readers:
@@ -286,9 +287,26 @@ def ring_cost(routers: dict[str, Router], rate: int, seconds: int, rounds: int) 
             lines = statistics.median(r.lines / max(1, r.drains) for r in readers)
             line += (
                 f"\n   {'':<22} releasegate reader CPU {reader_cpu * 100:.2f}% of a core,"
-                f" drain {drain_ms:.1f} ms median for {lines:.0f} lines a second"
+                f" drain {drain_ms:.1f} ms median for {lines:.0f} lines"
             )
         print(line)
+
+
+def read_cost(target: Router, reads: int = 50) -> None:
+    """HAProxy's and releasegate's CPU for one read of the ring as it is (full after the
+    load runs), with nothing new in it: the fixed cost of a read, whatever the traffic."""
+    reader = target.reader()
+    reader.skip_backlog()
+    size = len(reader.read_ring().encode())
+    haproxy_before, own_before = target.cpu_seconds(), time.process_time()
+    for _ in range(reads):
+        reader.drain()
+    haproxy_ms = (target.cpu_seconds() - haproxy_before) / reads * 1000
+    own_ms = (time.process_time() - own_before) / reads * 1000
+    print(
+        f"\n3. one read of a {size / 1024:.0f} KiB ring, {reads} reads: HAProxy"
+        f" {haproxy_ms:.2f} ms CPU, releasegate {own_ms:.2f} ms CPU a read"
+    )
 
 
 def main() -> None:
@@ -313,11 +331,13 @@ def main() -> None:
             for name, log in (
                 ("no traffic log", False),
                 ("traffic log", True),
-                ("traffic log + reader", True),
+                ("traffic log + reader 1s", True),
+                ("traffic log + reader 5s", True),
             )
         }
         p95_against_independent(routers["traffic log"], ports, args.requests)
         ring_cost(routers, args.rate, args.seconds, args.rounds)
+        read_cost(routers["traffic log + reader 1s"])
 
 
 if __name__ == "__main__":

@@ -233,3 +233,38 @@ def test_green_worse_than_blue_fails_early() -> None:
     )
     # A healthy green is never passed early.
     assert early(traffic("green", spread(20, 10, 50)), [], blue).startswith("inconclusive")
+
+
+def test_a_canary_of_blue_names_its_colors() -> None:
+    # Green is live; the new version runs as blue.
+    new, live = traffic("blue", spread(101, 0, 100), errors=5), traffic("green", spread(101, 0, 50))
+    verdict = judge_step(new, live, rules={}, compare=COMPARE, min_requests=50)
+    assert verdict.verdict == "fail"
+    assert verdict.reason == (
+        "total: blue p95 95.0ms is worse than green's 47.5ms beyond the margin (allowed 62.0ms);"
+        " total: blue error_rate 4.95% is worse than green's 0.00% beyond the margin"
+        " (allowed 1.00%)"
+    )
+    assert {c["rule"] for c in verdict.comparisons} == {
+        "p95 <= green +20% +5ms",
+        "error_rate <= green +1%",
+    }
+    assert verdict.green["color"] == "blue" and verdict.blue["color"] == "green"
+    early = judge_step(
+        traffic("blue", spread(20, 10, 50), errors=5),
+        traffic("green", spread(1000, 10, 50)),
+        rules={},
+        compare=COMPARE,
+        min_requests=100,
+    )
+    assert early.reason.startswith("error_rate <= green +1%: 5 of 20 requests failed")
+    passing = judge_step(
+        traffic("blue", spread(100, 10, 50)),
+        traffic("green", spread(1000, 10, 50)),
+        rules={},
+        compare=COMPARE,
+        min_requests=50,
+    )
+    assert passing.reason == (
+        "blue served 100 requests: no worse than green (1000 requests) within the margins"
+    )

@@ -66,8 +66,10 @@ class StepVerdict:
     """The verdict of a canary step and what it rests on, JSON-ready for the report.
 
     ``green`` and ``blue`` are :meth:`ColorTraffic.summary` of the window (requests,
-    errors, error rate, rps, p50/p95/p99 in ms); ``rules`` holds one entry per rule on
-    green and ``comparisons`` one per comparison with blue, as the SLO gate reports them.
+    errors, error rate, rps, p50/p95/p99 in ms) of the color under test and of the live
+    one, each naming its color (a canary of blue has ``green["color"] == "blue"``);
+    ``rules`` holds one entry per rule on the color under test and ``comparisons`` one per
+    comparison with the live one, as the SLO gate reports them.
     """
 
     verdict: StepOutcome
@@ -173,13 +175,16 @@ def _caps(
         return
     margin = format_value("error_rate", margins.error_rate_margin, exact=True)
     allowed = blue.error_rate() + margins.error_rate_margin
-    yield _Cap(f"error_rate <= blue +{margin}", "error_rate", allowed, True)
+    yield _Cap(f"error_rate <= {blue.color} +{margin}", "error_rate", allowed, True)
     metric = margins.latency_metric
     baseline = blue.percentile(PERCENTILES[metric]) if metric in PERCENTILES else None
     if baseline is not None:
         allowed = baseline * (1 + margins.latency_margin) + margins.latency_slack * 1000
         yield _Cap(
-            f"{metric} <= blue's {format_value(metric, baseline)} + margins", metric, allowed, True
+            f"{metric} <= {blue.color}'s {format_value(metric, baseline)} + margins",
+            metric,
+            allowed,
+            True,
         )
 
 
@@ -230,6 +235,9 @@ def judge_step(
 ) -> StepVerdict:
     """Judge one step: green's own rules, then green against blue over the same window.
 
+    ``green`` is the traffic of the color under test (the new version) and ``blue`` that
+    of the live one, whichever colors they are: the texts name ``ColorTraffic.color``.
+
     ``rules`` is ``{"total": ["p95 < 300ms", "error_rate < 1%"]}`` in the SLO gate's
     grammar. ``compare`` gives the margins of green against blue (its ``latency_metric``,
     ``latency_margin``, ``latency_slack`` and ``error_rate_margin``; its ``scopes`` do not
@@ -258,13 +266,17 @@ def judge_step(
     comparisons = []
     if margins is not None:
         whole = margins.model_copy(update={"scopes": [TOTAL_SCOPE]})
-        comparisons = compare_windows(_TrafficWindow(blue), _TrafficWindow(green), whole)
-        evaluation = combine(evaluation, comparisons)
+        comparisons = compare_windows(
+            _TrafficWindow(blue), _TrafficWindow(green), whole, baseline_name=blue.color
+        )
+        evaluation = combine(evaluation, comparisons, names=(green.color, blue.color))
     if evaluation.verdict is Verdict.PASS:
         checks = [f"{len(thresholds)} rule(s) met"] if thresholds else []
         if comparisons:
-            checks.append(f"no worse than blue ({blue.requests} requests) within the margins")
-        reason = f"green served {green.requests} requests" + (
+            checks.append(
+                f"no worse than {blue.color} ({blue.requests} requests) within the margins"
+            )
+        reason = f"{green.color} served {green.requests} requests" + (
             ": " + ", ".join(checks) if checks else ""
         )
     else:

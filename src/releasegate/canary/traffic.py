@@ -182,8 +182,8 @@ class TrafficReader:
     Besides the per-color figures the reader keeps, since it was created:
     ``overruns`` (reads that found the ring had dropped lines not read yet),
     ``restarts`` (reads that found another HAProxy process), ``unrouted`` (requests no
-    color took, e.g. both at weight 0) and ``malformed`` (lines that were not the traffic
-    format, e.g. from a router started with an older config).
+    color took, e.g. both at weight 0) and ``malformed`` (lines not in the traffic format,
+    which a config of releasegate's never writes).
     """
 
     def __init__(
@@ -206,7 +206,8 @@ class TrafficReader:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TrafficReader:
-        """A reader of the router of ``settings``, wherever it runs (no I/O yet)."""
+        """A reader of the router of ``settings``, wherever it runs: the ring is not read
+        yet (a remote router's admin socket is forwarded over ssh already)."""
         from releasegate.router.config import router_config
         from releasegate.router.process import runtime_client
 

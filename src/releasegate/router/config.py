@@ -5,6 +5,11 @@ rollback) goes through the runtime API and HAProxy never needs a reload. The ini
 state is **blue live** (weight 100) and **green standby** (weight 0, health-checked, so
 ``router status`` shows whether a new green is healthy before it gets traffic).
 
+Every request is logged, one line each, into an in-memory ring buffer that releasegate
+reads through the runtime API to judge a canary on real traffic
+(:mod:`releasegate.canary.traffic`); while both colors take traffic, a cookie keeps each
+client on the color it got (:func:`_sticky_colors`).
+
 HAProxy's own server-state file carries the runtime state across a restart of the
 router: :func:`releasegate.router.manager.router_down` dumps ``show servers state`` into
 it, and the generated config loads it on start. :func:`filter_state_file` drops a saved
@@ -203,6 +208,8 @@ def render_config(config: RouterConfig) -> str:
         f"    bind {config.bind}",
         f"    log ring@{TRAFFIC_RING} format raw local0 info",
         f'    log-format "{TRAFFIC_LOG_FORMAT}"',
+        # A connection that sent no request (a port probe) is no request of a color.
+        "    option dontlognull",
         f"    default_backend {config.backend}",
         "",
         f"backend {config.backend}",
