@@ -10,7 +10,6 @@ anything touches a database.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -18,9 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
+# Re-exported: callers import these from releasegate.config.
+from releasegate.config_base import Duration as Duration
+from releasegate.config_base import Ratio, Section, threshold_rules
+from releasegate.config_base import format_duration as format_duration
+from releasegate.config_base import parse_duration as parse_duration
 from releasegate.config_files import apply_environment_file, read_toml_file
+from releasegate.config_release import CanarySection as CanarySection
+from releasegate.config_release import ReleaseSection as ReleaseSection
 from releasegate.errors import ConfigError
 from releasegate.naming import SERVICE_NAME_PATTERN
 from releasegate.secrets import check_url, mask_url, register_secret
@@ -34,50 +40,7 @@ RESERVED_ENV = {
     "RELEASEGATE_PERFORMER",
     "RELEASEGATE_ENVIRONMENT",
 }
-
-# [0-9], not \d: \d and float() also take full-width and Arabic-Indic digits.
-_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"5s"``, ``"2m"`` or ``"1h"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 5s or 2m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        from releasegate.gates.thresholds import digits_hint
-
-        raise ValueError(f"invalid duration {value!r}: use e.g. 500ms, 5s, 2m{digits_hint(value)}")
-    if not math.isfinite(seconds):  # TOML has nan and inf literals
-        raise ValueError("a duration must be a finite number")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration`, for display."""
-    if seconds < 1:
-        return f"{seconds * 1000:.12g}ms"
-    if seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:.12g}s"
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked strictly."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _env_name(value: str) -> str:
@@ -267,21 +230,15 @@ class RouterSection(Section):
     server_timeout: Duration = 30.0
     # How long a soft stop may let open connections finish (haproxy hard-stop-after).
     stop_timeout: Duration = 10.0
+    # Bytes of the in-memory ring HAProxy logs every request into (about 30 a request):
+    # it must hold what arrives between two reads of a canary step.
+    traffic_ring_size: int = Field(default=1 << 20, ge=1 << 14, le=1 << 30)
 
 
 class SmokeSection(Section):
     file: Path = Path("smoke.toml")
     # Base URL used when ``releasegate smoke`` gets no --target.
     host: str | None = None
-
-
-def _ratio(value: object) -> float:
-    from releasegate.gates.thresholds import parse_ratio
-
-    return parse_ratio(value)
-
-
-Ratio = Annotated[float, BeforeValidator(_ratio)]
 
 
 class SloCompareSection(Section):
@@ -342,54 +299,7 @@ class SloSection(Section):
     @field_validator("thresholds")
     @classmethod
     def _rules(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        return _threshold_rules(value)
-
-
-def _threshold_rules(value: dict[str, list[str]]) -> dict[str, list[str]]:
-    from releasegate.gates.thresholds import parse_thresholds
-
-    try:
-        parse_thresholds(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-class ReleaseSection(Section):
-    """``releasegate release``: the pipeline's own settings."""
-
-    verify_backup: bool = True
-    # Post-promotion watch through the router: smoke, then a short SLO check this long.
-    watch: Duration = 10.0
-    watch_users: int = Field(default=5, ge=1)
-    # The watch's own [slo.thresholds]; when absent, the gate's with its rate rules (rps,
-    # requests) scaled to the watch's users and window.
-    watch_thresholds: dict[str, list[str]] | None = None
-    # Where JSON and Markdown evidence reports are written.
-    report_dir: Path = Path(".releasegate/reports")
-    # Scopes whose items the live version updates in place ("redis:sess:*",
-    # "postgres:public.users", "qdrant:documents"): the rollback's verification reports a
-    # changed pre-release item there instead of failing. A missing one always fails.
-    live_updates: list[str] = Field(default_factory=list)
-    # Contract revisions wait for --allow-contract, or apply by themselves in a later
-    # release once the first release that deferred them has been live this long.
-    contract_bake: Duration | None = None
-
-    @field_validator("watch_thresholds")
-    @classmethod
-    def _watch_rules(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-        return None if value is None else _threshold_rules(value)
-
-    @field_validator("live_updates")
-    @classmethod
-    def _scoped(cls, value: list[str]) -> list[str]:
-        for item in value:
-            store, _, scope = item.partition(":")
-            if store not in ("postgres", "redis", "qdrant") or not scope:
-                raise ValueError(
-                    f"{item!r}: write STORE:SCOPE, e.g. 'redis:sess:*' or 'postgres:public.users'"
-                )
-        return value
+        return threshold_rules(value)
 
 
 def _hook_command(value: object) -> list[str]:

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # usage or config error
     INFRA = 3  # infrastructure unreachable or lock not obtained
     ROLLBACK_FAILED = 4  # rollback failed, a human is needed
+    PAUSED = 5  # a release stopped at a canary pause: ``release --resume`` continues it
     INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 

@@ -114,6 +114,8 @@ class Router:
         limits = httpx.Limits(max_keepalive_connections=0 if fresh else 10)
         with httpx.Client(timeout=5, limits=limits) as client:
             for _ in range(count):
+                # Each request as a new client: a sticky color cookie would pin a canary.
+                client.cookies.clear()
                 response = client.get(self.url)
                 assert response.status_code == 200
                 seen[response.headers[COLOR_HEADER]] += 1

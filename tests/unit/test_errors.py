@@ -21,11 +21,12 @@ from releasegate.errors import (
 
 
 def test_exit_code_values() -> None:
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 5, 130]
     assert ExitCode.CHECK_FAILED == 1
     assert ExitCode.USAGE == 2
     assert ExitCode.INFRA == 3
     assert ExitCode.ROLLBACK_FAILED == 4
+    assert ExitCode.PAUSED == 5
     assert ExitCode.INTERRUPTED == 130
 
 

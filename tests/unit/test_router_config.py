@@ -18,6 +18,8 @@ from releasegate.router.config import (
     COLOR_HEADER,
     MAX_SOCKET_PATH,
     REMOTE_RUNTIME_DIR,
+    TRAFFIC_LOG_FORMAT,
+    TRAFFIC_RING,
     filter_state_file,
     generate_config,
     haproxy_duration,
@@ -103,6 +105,38 @@ def test_non_idempotent_requests_are_never_replayed(tmp_path: Path) -> None:
     acl = text.index("acl releasegate_non_idempotent method POST PATCH")
     rule = text.index("http-request disable-l7-retry if releasegate_non_idempotent")
     assert acl < rule
+
+
+def test_every_request_is_logged_into_the_traffic_ring(tmp_path: Path) -> None:
+    text = generate_config(settings_for(tmp_path, router="traffic_ring_size = 65536"))
+    ring = text.index(f"ring {TRAFFIC_RING}\n")
+    assert "    format raw\n    maxlen 256\n    size 65536\n" in text[ring:]
+    frontend = text[text.index("frontend notes-in") : text.index("backend notes")]
+    assert f"    log ring@{TRAFFIC_RING} format raw local0 info\n" in frontend
+    assert f'    log-format "{TRAFFIC_LOG_FORMAT}"\n' in frontend
+    assert "    option dontlognull\n" in frontend
+
+
+def test_the_sticky_cookie_holds_only_while_both_colors_take_traffic(tmp_path: Path) -> None:
+    text = generate_config(settings_for(tmp_path))
+    backend = text[text.index("backend notes") :]
+    for color in ("blue", "green"):
+        assert (
+            f"use-server {color} if {{ nbsrv ge 2 }} {{ req.cook(RGCOLOR) -m str {color} }}"
+            in backend
+        )
+    assert 'add-header Set-Cookie "RGCOLOR=%[srv_name]; Path=/; HttpOnly; SameSite=Lax"' in backend
+    assert "if { nbsrv ge 2 } !{ var(txn.sticky_color),strcmp(txn.served_color) eq 0 }" in backend
+    # The cookie rules come before the servers, and HAProxy's own cookie persistence
+    # (which honours a draining server) is not used.
+    assert backend.index("use-server") < backend.index("server blue")
+    assert "\n    cookie " not in backend
+
+
+@pytest.mark.parametrize("size", ["1000", "2147483648"])
+def test_the_traffic_ring_size_is_bounded(tmp_path: Path, size: str) -> None:
+    with pytest.raises(ConfigError, match=r"router\.traffic_ring_size"):
+        settings_for(tmp_path, router=f"traffic_ring_size = {size}")
 
 
 @pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")

@@ -29,7 +29,11 @@ def _publish(state: CliState, result: Any, as_json: bool) -> int:
         echo(render_text(data))
         echo(f"reports: {paths.json} {paths.markdown}")
     code = int(data["exit_code"])
-    if code != 0:
+    if data.get("outcome") == "paused":
+        # Not an error: the run stops on purpose, with the weight in place.
+        last = (data.get("steps") or [{}])[-1]
+        echo(f"paused: {last.get('name')}: {last.get('summary')}", err=True)
+    elif code != 0:
         # The report is on stdout; the verdict is the one error line, as for any failure.
         echo(f"error: {data.get('outcome')}: {data.get('error') or 'see the report'}", err=True)
     return code
@@ -44,7 +48,10 @@ def _publish(state: CliState, result: Any, as_json: bool) -> int:
     help="Apply contract migrations (at finalize, after the old version stops).",
 )
 @click.option(
-    "--resume", "resume_", is_flag=True, help="Finish or roll back an interrupted release."
+    "--resume",
+    "resume_",
+    is_flag=True,
+    help="Continue a paused release, or finish or roll back an interrupted one.",
 )
 @click.option("--force", is_flag=True, help="Release an image that was rolled back before.")
 @click.option(
@@ -64,9 +71,10 @@ def release(
     watch_s: float | None,
     as_json: bool,
 ) -> int:
-    """Release IMAGE: preflight, plan, backup, migrate, deploy, smoke, SLO gate, promote,
-    watch, finalize. Any failure after the first change rolls back automatically and
-    verifies the rollback (exit 1); a failed rollback exits 4 with the manual steps."""
+    """Release IMAGE: preflight, plan, backup, migrate, deploy, smoke, SLO gate, canary
+    steps ([release.canary]), promote, watch, finalize. Any failure after the first change
+    rolls back automatically and verifies the rollback (exit 1); a failed rollback exits 4
+    with the manual steps; a canary pause exits 5 until --resume continues it."""
     from releasegate.pipeline import run
     from releasegate.pipeline.context import ReleaseOptions
     from releasegate.report.live import StepDisplay

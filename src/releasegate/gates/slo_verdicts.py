@@ -241,9 +241,15 @@ def abort_reason(
 
 
 def compare_windows(
-    baseline: WindowStats | None, candidate: WindowStats | None, settings: SloCompareSection
+    baseline: WindowStats | None,
+    candidate: WindowStats | None,
+    settings: SloCompareSection,
+    baseline_name: str = "blue",
 ) -> list[Comparison]:
-    """Green (candidate) against blue (baseline) per scope: latency metric and error rate."""
+    """Green (candidate) against blue (baseline) per scope: latency metric and error rate.
+
+    ``baseline_name`` names the baseline in the rules' text (a canary of blue is compared
+    with green)."""
     comparisons = []
     margin_pct = f"{settings.latency_margin * 100:g}%"
     slack = format_value(settings.latency_metric, settings.latency_slack * 1000, exact=True)
@@ -252,8 +258,11 @@ def compare_windows(
         base = baseline.scope(scope_name) if baseline is not None else None
         cand = candidate.scope(scope_name) if candidate is not None else None
         for metric, rule in (
-            (settings.latency_metric, f"{settings.latency_metric} <= blue +{margin_pct} +{slack}"),
-            ("error_rate", f"error_rate <= blue +{error_margin}"),
+            (
+                settings.latency_metric,
+                f"{settings.latency_metric} <= {baseline_name} +{margin_pct} +{slack}",
+            ),
+            ("error_rate", f"error_rate <= {baseline_name} +{error_margin}"),
         ):
             b = base.metric(metric) if base is not None else None
             c = cand.metric(metric) if cand is not None else None
@@ -271,8 +280,14 @@ def compare_windows(
     return comparisons
 
 
-def combine(evaluation: Evaluation, comparisons: Sequence[Comparison]) -> Evaluation:
+def combine(
+    evaluation: Evaluation,
+    comparisons: Sequence[Comparison],
+    names: tuple[str, str] = ("green", "blue"),
+) -> Evaluation:
     """Fold comparison results into the evaluation of green's own rules.
+
+    ``names`` are the candidate's and the baseline's in the reasons' text.
 
     When the run itself is not conclusive (or was aborted), the comparisons cannot
     change the verdict and are marked inconclusive too.
@@ -286,8 +301,8 @@ def combine(evaluation: Evaluation, comparisons: Sequence[Comparison]) -> Evalua
     unknown = [c for c in comparisons if c.verdict is Verdict.INCONCLUSIVE]
     for c in failed:
         reasons.append(
-            f"{c.scope}: green {c.metric} {format_value(c.metric, c.candidate or 0)} is worse"
-            f" than blue's {format_value(c.metric, c.baseline or 0)} beyond the margin"
+            f"{c.scope}: {names[0]} {c.metric} {format_value(c.metric, c.candidate or 0)} is"
+            f" worse than {names[1]}'s {format_value(c.metric, c.baseline or 0)} beyond the margin"
             f" (allowed {format_value(c.metric, c.allowed or 0)})"
         )
     reasons += [f"{c.scope}: {c.rule}: no data to compare" for c in unknown]

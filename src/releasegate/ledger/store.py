@@ -37,6 +37,7 @@ _SCHEMA_LOCK = 0x52470000
 class Outcome(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    PAUSED = "paused"  # stopped at a canary pause; ``release --resume`` continues it
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     ROLLBACK_FAILED = "rollback_failed"
@@ -52,6 +53,7 @@ class StepStatus(StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    PAUSED = "paused"
     INFO = "info"
 
 

@@ -24,6 +24,8 @@ POSTGRES = "postgres"
 REDIS = "redis"
 QDRANT = "qdrant"
 DEPLOY = "deploy"
+# A share of new requests for the new color (its ``weight``, updated at each canary step).
+CANARY = "canary"
 SWITCH = "switch"
 STOP_PREVIOUS = "stop_previous"
 CONTRACT = "contract"
@@ -49,6 +51,8 @@ class StepOutcome:
     summary: str
     detail: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    # The run stops after this step, to be continued by ``release --resume``.
+    paused: bool = False
 
     @classmethod
     def skip(cls, summary: str) -> StepOutcome:
@@ -58,7 +62,7 @@ class StepOutcome:
 @dataclass
 class StepRecord:
     name: str
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | paused
     duration_s: float
     summary: str
     detail: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +102,8 @@ class ReleaseContext:
     backup_set: str | None = None
     manifest: dict[str, Any] | None = None
     progress: Callable[[str], None] = lambda _message: None
+    # Running figures of a step that takes a while (a canary step's counts): name, text.
+    step_progress: Callable[[str, str], None] = lambda _name, _text: None
 
     def record_change(self, kind: str, **data: Any) -> None:
         """Append to the undo log, in the ledger first: a crash right after still knows."""
@@ -121,7 +127,7 @@ class ReleaseResult:
 
     release_id: int
     service: str
-    outcome: str  # succeeded | rolled_back | rollback_failed | failed | dry_run | blocked
+    outcome: str  # succeeded | paused | rolled_back | rollback_failed | failed | dry_run | blocked
     exit_code: int
     image: dict[str, Any]
     performer: str

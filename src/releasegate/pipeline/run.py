@@ -4,7 +4,8 @@ A release is a list of small steps (:data:`releasegate.pipeline.steps.STEPS`) ru
 order under the release lock. Each step's status and duration go to the ledger as it
 ends. The first failure after a change starts the automatic rollback
 (:mod:`releasegate.pipeline.undo`); its verification decides between "rolled back"
-(exit 1) and "rollback failed" (exit 4, with the manual steps).
+(exit 1) and "rollback failed" (exit 4, with the manual steps). A canary ``pause``
+ends the run as "paused" (exit 5) until ``release --resume``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from releasegate.hosts.transport import transport
 from releasegate.ledger import Ledger, Outcome, StepStatus
 from releasegate.lock import HeldLock, service_lock, shared
 from releasegate.pipeline import steps as pipeline_steps
+from releasegate.pipeline.canary import Step, with_canary
 from releasegate.pipeline.context import (
     SWITCH,
     ReleaseContext,
@@ -48,6 +50,8 @@ class StepListener(Protocol):
 
     def finish(self, name: str, status: str, summary: str) -> None: ...
 
+    def update(self, name: str, text: str) -> None: ...
+
 
 class _Quiet:
     def start(self, name: str) -> None:
@@ -56,9 +60,17 @@ class _Quiet:
     def finish(self, name: str, status: str, summary: str) -> None:
         pass
 
+    def update(self, name: str, text: str) -> None:
+        pass
+
 
 # Steps that change nothing: a failure there needs no rollback.
 _BEFORE_CHANGES = {"preflight", "plan"}
+
+
+def release_steps(settings: Settings) -> list[tuple[str, Step]]:
+    """The pipeline's steps, with the canary's before the promotion when configured."""
+    return with_canary(settings, pipeline_steps.STEPS)
 
 
 def _run_step(
@@ -83,6 +95,8 @@ def _run_step(
             False, f"{type(exc).__name__}: {db.first_line(exc)}", {"unexpected": True}
         )
     status = "skipped" if outcome.skipped else ("ok" if outcome.ok else "failed")
+    if outcome.ok and outcome.paused:
+        status = "paused"
     record = StepRecord(name, status, time.monotonic() - started, outcome.summary, outcome.detail)
     ctx.steps.append(record)
     ctx.ledger.record_event(
@@ -234,12 +248,15 @@ def release(
 
 def _run_from(ctx: ReleaseContext, first: int, listener: StepListener) -> ReleaseResult:
     failure = None
+    ctx.step_progress = listener.update
     try:
-        for name, step in pipeline_steps.STEPS[first:]:
+        for name, step in release_steps(ctx.settings)[first:]:
             record = _run_step(ctx, name, step, listener)
             if record.status == "failed":
                 failure = record
                 break
+            if record.status == "paused":
+                return _pause(ctx, record)
     except BaseException as exc:
         if ctx.ledger.conn.closed:
             # The ledger's session is gone, and the lock's with it when both go through
@@ -265,6 +282,17 @@ def _sessions_lost(ctx: ReleaseContext, exc: BaseException) -> str:
         f"release {ctx.release_id} stopped: its ledger session was lost ({why});"
         " `releasegate release --resume` rolls it back or finishes it"
     )
+
+
+def _pause(ctx: ReleaseContext, record: StepRecord) -> ReleaseResult:
+    """Close the row as ``paused``: the lock is let go, the canary's weight stays."""
+    ctx.ledger.finish_release(
+        ctx.release_id,
+        Outcome.PAUSED,
+        {"paused_at": record.name, "steps": [s.to_dict() for s in ctx.steps]},
+        image_digest=ctx.image_digest,
+    )
+    return _result(ctx, str(Outcome.PAUSED), int(ExitCode.PAUSED), None)
 
 
 def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener) -> ReleaseResult:
@@ -293,9 +321,10 @@ def dry_run(settings: Settings, options: ReleaseOptions, listener: StepListener)
 
 
 def _interrupted_release(ledger: Ledger, service: str) -> Any:
+    """The newest release that did not end: interrupted (``running``) or ``paused``."""
     row = ledger.conn.execute(
         "SELECT id FROM releasegate.releases WHERE service = %s AND kind = 'release'"
-        " AND outcome = 'running' ORDER BY id DESC LIMIT 1",
+        " AND outcome IN ('running', 'paused') ORDER BY id DESC LIMIT 1",
         (service,),
     ).fetchone()
     return ledger.release(int(row[0])) if row else None
@@ -336,17 +365,21 @@ def _context_from(
 def resume(
     settings: Settings, *, listener: StepListener | None = None, force: bool = False
 ) -> ReleaseResult:
-    """Bring an interrupted release (outcome still ``running``) to a consistent end.
+    """Bring an interrupted release (outcome still ``running``) to a consistent end, or
+    continue a ``paused`` one with the step after its pause.
 
-    The ledger's undo log says how far it got. Before the promotion it is rolled back;
-    after a completed promotion the remaining steps (watch, finalize) run again.
+    The ledger's undo log says how far an interrupted release got. Before the promotion
+    it is rolled back; after a completed promotion the remaining steps (watch, finalize)
+    run again.
     """
     listener = listener or _Quiet()
     url = settings.postgres_url()
     with Ledger.open(url, "resume") as probe:
         interrupted = _interrupted_release(probe, settings.service)
     if interrupted is None:
-        raise StateError(f"no interrupted release of service '{settings.service}' to resume")
+        raise StateError(
+            f"no interrupted release of service '{settings.service}' to resume, nor a paused one"
+        )
     with (
         service_lock(settings, "release --resume") as held,
         shared(held),
@@ -357,18 +390,35 @@ def resume(
         held.ledger_row = ctx.release_id  # the runs it starts are this release's children
         ledger.record_event(ctx.release_id, "resume", StepStatus.INFO, None, {"by": performer()})
         done = {s.name for s in ctx.steps if s.status in ("ok", "skipped")}
+        names = [name for name, _ in release_steps(settings)]
+        # Sections the remaining steps read, rebuilt from the ledger.
+        summary = interrupted.summary or {}
+        plan = summary.get("plan") or {}
+        ctx.sections["plan"] = {
+            "contract": list(plan.get("contract", [])),
+            "expand": list(plan.get("expand", [])),
+        }
+        if summary.get("canary"):
+            ctx.sections["canary"] = summary["canary"]
+        if interrupted.outcome == Outcome.PAUSED:
+            first = _after_pause(names, summary.get("paused_at"))  # before the row changes
+            ledger.set_outcome(ctx.release_id, Outcome.RUNNING)
+            return _run_from(ctx, first, listener)
         if "promote" in done:
-            names = [name for name, _ in pipeline_steps.STEPS]
-            # Sections the remaining steps read, rebuilt from the ledger.
-            plan = (interrupted.summary or {}).get("plan") or {}
-            ctx.sections["plan"] = {
-                "contract": list(plan.get("contract", [])),
-                "expand": list(plan.get("expand", [])),
-            }
             return _run_from(ctx, names.index("watch"), listener)
         record = StepRecord("resume", "failed", 0.0, "interrupted before promotion: rolling back")
         ctx.steps.append(record)
         return _finish(ctx, record, listener)
+
+
+def _after_pause(names: list[str], paused_at: str | None) -> int:
+    """Where a paused release continues: the step after its pause in today's step list."""
+    if paused_at not in names:
+        raise StateError(
+            f"the release paused at '{paused_at}', which [release.canary] no longer lists:"
+            " restore the steps it was released with, or undo it with 'releasegate rollback'"
+        )
+    return names.index(paused_at) + 1
 
 
 def rollback(
@@ -388,7 +438,7 @@ def rollback(
             ).fetchone()
             if row is None:
                 raise StateError(f"no release of service '{settings.service}' to roll back")
-            if row[1] not in ("succeeded", "running"):
+            if row[1] not in ("succeeded", "running", "paused"):
                 raise StateError(
                     f"the last release {row[0]} of service '{settings.service}' ended"
                     f" {row[1]}: nothing of it serves; to undo an older release, name the"

@@ -107,6 +107,19 @@ def preflight(ctx: ReleaseContext) -> StepOutcome:
         if previous is not None:
             image_id = previous.image.id if previous.image is not None else None
             ctx.previous_image = (previous.labels or {}).get("releasegate.image") or image_id
+    paused = ctx.ledger.conn.execute(
+        "SELECT id FROM releasegate.releases WHERE service = %s AND kind = 'release'"
+        " AND outcome = 'paused' ORDER BY id DESC LIMIT 1",
+        (settings.service,),
+    ).fetchone()
+    if paused:
+        # Its canary still holds the standby color and a share of the traffic.
+        return StepOutcome(
+            False,
+            f"release {paused[0]} is paused mid-canary: continue it with 'releasegate release"
+            " --resume' or undo it with 'releasegate rollback' first",
+            {"checks": checks},
+        )
     rolled_back = ctx.ledger.conn.execute(
         "SELECT id FROM releasegate.releases WHERE service = %s AND image_digest = %s"
         " AND outcome = 'rolled_back' ORDER BY id DESC LIMIT 1",
@@ -405,6 +418,8 @@ def slo_gate(ctx: ReleaseContext) -> StepOutcome:
     from releasegate.gates.slo import run_gate
 
     assert ctx.target is not None
+    if not ctx.settings.raw.release.slo_gate:
+        return StepOutcome.skip("release.slo_gate = false: no synthetic load in this environment")
     compare = None
     uncompared = ""
     if ctx.settings.raw.slo.compare.enabled:

@@ -2,18 +2,19 @@
 
 Changes are undone newest first, from the release's undo log:
 
-1. traffic back to the previous color (after a first release: to no color);
+1. traffic back to the previous color (after a first release: to no color), whether the
+   new color had all new requests (promoted) or a canary's share of them;
 2. the new color stopped;
-3. Qdrant and Redis expansions undone. Before promotion the new layout holds only the
-   release's copies and green's synthetic writes, so it is removed; after promotion green
-   served real users, so what it wrote is carried back into the old layout first (the
-   migrations' down transforms);
+3. Qdrant and Redis expansions undone. Before any real request reached green the new
+   layout holds only the release's copies and green's synthetic writes, so it is removed;
+   once green served real users (promoted, or a canary step) what it wrote is carried
+   back into the old layout first (the migrations' down transforms);
 4. Postgres. Before promotion the release's reversible expand/data revisions are
    downgraded (green saw only synthetic traffic, so nothing of a user's lives in what they
    added); an irreversible revision and everything below it is kept, since blue is
-   compatible with it by the compatibility rule. After promotion the expanded schema is
-   kept: green's users may have written into it, and blue is compatible with it by
-   construction.
+   compatible with it by the compatibility rule. Once green served real users the
+   expanded schema is kept: they may have written into it, and blue is compatible with it
+   by construction.
 
 No backup is ever restored here: a restore over a store that a live color uses loses every
 write made since the backup. :mod:`releasegate.pipeline.verify` then proves the result.
@@ -29,7 +30,7 @@ from typing import Any
 
 from releasegate import db
 from releasegate.config import Settings
-from releasegate.pipeline.context import DEPLOY, POSTGRES, QDRANT, REDIS, SWITCH
+from releasegate.pipeline.context import CANARY, DEPLOY, POSTGRES, QDRANT, REDIS, SWITCH
 
 Progress = Callable[[str], None]
 
@@ -37,6 +38,8 @@ Progress = Callable[[str], None]
 @dataclass
 class UndoReport:
     reason: str
+    # Real users reached the new color (a promotion or a canary step): what they wrote
+    # is carried back, never removed.
     promoted: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -182,10 +185,13 @@ def undo_changes(
     settings: Settings, changes: list[dict[str, Any]], *, reason: str, progress: Progress
 ) -> UndoReport:
     """Reverse ``changes`` (the release's undo log), newest first; see the module docs."""
-    report = UndoReport(reason, promoted=any(c["kind"] == SWITCH for c in changes))
+    kinds = {c["kind"] for c in changes}
+    report = UndoReport(reason, promoted=bool(kinds & {SWITCH, CANARY}))
     for change in reversed(changes):
         kind = change["kind"]
-        if kind == SWITCH:
+        if kind == CANARY and SWITCH in kinds:
+            continue  # the promotion's own switch back already covers it
+        if kind in (SWITCH, CANARY):
             previous = change["from"]
             _step(
                 report,

@@ -8,6 +8,10 @@ logs, pipes) it prints plain lines only::
     ... preflight
     [  0.4s] preflight ok — 3 stores reachable
 
+A long step may report running figures (a canary step's weight and request counts):
+on a TTY they follow its elapsed time, elsewhere a plain line at most every
+:data:`PLAIN_UPDATE_S` seconds.
+
 The display only moves the cursor and clears lines; it never hides the cursor or
 switches screens, so even a process killed mid-release leaves a usable terminal.
 """
@@ -26,12 +30,27 @@ from typing import TextIO
 from releasegate.secrets import redact
 
 SPINNER = "|/-\\"
-MARKERS = {"ok": "+", "failed": "x", "skipped": "-", "rolled_back": "<", "interrupted": "!"}
-_COLORS = {"ok": "32", "failed": "31", "rolled_back": "33", "interrupted": "31", "skipped": "2"}
+MARKERS = {
+    "ok": "+",
+    "failed": "x",
+    "skipped": "-",
+    "rolled_back": "<",
+    "interrupted": "!",
+    "paused": "=",
+}
+_COLORS = {
+    "ok": "32",
+    "failed": "31",
+    "rolled_back": "33",
+    "interrupted": "31",
+    "skipped": "2",
+    "paused": "33",
+}
 _UP = "\x1b[{n}A"
 _CLEAR_LINE = "\x1b[2K"
 _CLEAR_BELOW = "\x1b[J"
 _RESET = "\x1b[0m"
+PLAIN_UPDATE_S = 10.0  # off a TTY, a running step's figures at most this often
 NAME_WIDTH = 16  # step names are padded to this (or the longest running name)
 MAX_NAME = 32
 
@@ -43,6 +62,8 @@ class _Step:
     status: str | None = None  # None while running
     summary: str = ""
     duration_s: float | None = None
+    running: str = ""  # running figures while the step runs
+    shown_at: float | None = None  # when they were last printed as a plain line
 
 
 def _one_line(text: str) -> str:
@@ -139,6 +160,22 @@ class StepDisplay:
             else:
                 self._write(self._plain_line(step) + "\n")
 
+    def update(self, name: str, text: str) -> None:
+        """Running figures of a step that has started and not finished."""
+        with self._lock:
+            if self._closed:
+                return
+            step = self._find(_one_line(name))
+            if step is None:
+                return
+            step.running = _one_line(text)
+            now = self.clock()
+            if self.tty:
+                self._draw()
+            elif step.shown_at is None or now - step.shown_at >= PLAIN_UPDATE_S:
+                step.shown_at = now
+                self._write(f"... {step.name} {self.dash} {step.running}\n")
+
     def note(self, text: str) -> None:
         """Print a line of text above the list (on a TTY the list moves down)."""
         with self._lock:
@@ -222,6 +259,8 @@ class StepDisplay:
         if step.status is None:
             marker = SPINNER[self._frame % len(SPINNER)]
             plain = f" {marker} {step.name:<{name_width}} {now - step.started:6.1f}s"
+            if step.running:
+                plain += f"  {step.running}"
         else:
             marker = MARKERS.get(step.status, "*")
             plain = f" {marker} {step.name:<{name_width}} {step.duration_s or 0.0:6.1f}s"

@@ -20,7 +20,7 @@ _BACKTICKS_RE = re.compile(r"`+")
 _TAG_RE = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY_RE = re.compile(r"&(?=#?\w+;)")
 _PIPE_RE = re.compile(r"(\\*)\|")
-_BOLD_STATUSES = frozenset({"failed", "fail", "rolled_back", "rollback_failed"})
+_BOLD_STATUSES = frozenset({"failed", "fail", "rolled_back", "rollback_failed", "inconclusive"})
 
 
 def escape_text(value: Any, limit: int = MAX_CELL) -> str:

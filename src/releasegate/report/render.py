@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from releasegate.report.canary import canary_section
 from releasegate.report.markdown_blocks import Budget, TooLarge
 from releasegate.report.markdown_plan import migrations_section, plan_section
 from releasegate.report.markdown_sections import (
@@ -41,7 +42,7 @@ from releasegate.secrets import redact
 
 SUMMARY_LIMIT_BYTES = 1024 * 1024  # GitHub's limit for one step summary
 SECTIONS_OMITTED = (
-    "The plan, backup, migration, gate and traffic sections were left out to fit the size"
+    "The plan, backup, migration, gate, canary and traffic sections were left out to fit the size"
     " limit (see the JSON report)."
 )
 CUT_NOTE = "\n\n... the report was cut to fit the size limit (see the JSON report)\n"
@@ -68,6 +69,7 @@ def _render(r: Mapping[str, Any], budget: Budget) -> str:
             deploy_section(r),
             smoke_section(as_map(r.get("smoke")), budget),
             slo_section(as_map(r.get("slo")), budget),
+            canary_section(r, budget),
             router_section(r, budget),
             watch_section(r, budget),
         ]

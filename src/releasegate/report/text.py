@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from releasegate.output import table
+from releasegate.report.canary import canary_lines
 from releasegate.report.values import (
     FIRST_RELEASE,
     MAX_ERROR,
@@ -151,6 +152,7 @@ def render_text(result: Mapping[str, Any]) -> str:
         *_text_gates("", as_map(r.get("smoke")), as_map(r.get("slo"))),
         *_text_gates("watch ", as_map(watch.get("smoke")), as_map(watch.get("slo"))),
     ]
+    facts += canary_lines(r)
     for x in as_maps(r.get("router")):
         facts.append(
             f"router: {as_text(x.get('action'))} {as_text(x.get('live_before')) or '-'} ->"

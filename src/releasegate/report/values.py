@@ -19,6 +19,7 @@ MAX_COMMAND = 2000
 
 STATUS_WORDS = {
     "succeeded": "SUCCEEDED",
+    "paused": "PAUSED",
     "rolled_back": "ROLLED BACK",
     "rollback_failed": "ROLLBACK FAILED",
     "failed": "FAILED",

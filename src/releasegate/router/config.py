@@ -5,6 +5,11 @@ rollback) goes through the runtime API and HAProxy never needs a reload. The ini
 state is **blue live** (weight 100) and **green standby** (weight 0, health-checked, so
 ``router status`` shows whether a new green is healthy before it gets traffic).
 
+Every request is logged, one line each, into an in-memory ring buffer that releasegate
+reads through the runtime API to judge a canary on real traffic
+(:mod:`releasegate.canary.traffic`); while both colors take traffic, a cookie keeps each
+client on the color it got (:func:`_sticky_colors`).
+
 HAProxy's own server-state file carries the runtime state across a restart of the
 router: :func:`releasegate.router.manager.router_down` dumps ``show servers state`` into
 it, and the generated config loads it on start. :func:`filter_state_file` drops a saved
@@ -46,6 +51,14 @@ RETRY_ON = (
 REMOTE_RUNTIME_DIR = Path("/var/lib/releasegate-router")
 # Response header naming the color that served a request, for smoke tests and humans.
 COLOR_HEADER = "X-Releasegate-Color"
+# The in-memory ring buffer HAProxy logs every request into, one line each, read back
+# through the runtime API (``show events``) to judge a canary on real traffic
+# (releasegate.canary.traffic parses the lines).
+TRAFFIC_RING = "traffic"
+TRAFFIC_LOG_FORMAT = "%pid %rt %s %ST %Ta %ts"
+TRAFFIC_LINE_MAX = 256
+# The cookie that keeps a client on the color it got during a canary (see render_config).
+STICKY_COOKIE = "RGCOLOR"
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,8 @@ class RouterConfig:
     client_timeout: float
     server_timeout: float
     stop_timeout: float
+    # router.traffic_ring_size: the default 1 MiB holds some 15 s at 2,000 requests/s.
+    traffic_ring_size: int
 
     @property
     def backend(self) -> str:
@@ -139,6 +154,7 @@ def router_config(settings: Settings) -> RouterConfig:
         client_timeout=section.client_timeout,
         server_timeout=section.server_timeout,
         stop_timeout=section.stop_timeout,
+        traffic_ring_size=section.traffic_ring_size,
     )
 
 
@@ -177,6 +193,7 @@ def render_config(config: RouterConfig) -> str:
         f"    maxconn {config.maxconn}",
         f"    hard-stop-after {haproxy_duration(config.stop_timeout)}",
         "",
+        *_traffic_ring(config.traffic_ring_size),
         "defaults",
         "    mode http",
         f"    timeout connect {haproxy_duration(config.connect_timeout)}",
@@ -189,6 +206,10 @@ def render_config(config: RouterConfig) -> str:
         "",
         f"frontend {config.frontend}",
         f"    bind {config.bind}",
+        f"    log ring@{TRAFFIC_RING} format raw local0 info",
+        f'    log-format "{TRAFFIC_LOG_FORMAT}"',
+        # A connection that sent no request (a port probe) is no request of a color.
+        "    option dontlognull",
         f"    default_backend {config.backend}",
         "",
         f"backend {config.backend}",
@@ -209,10 +230,50 @@ def render_config(config: RouterConfig) -> str:
         "    http-request disable-l7-retry if releasegate_non_idempotent",
         "    http-reuse safe",
         f"    http-response set-header {COLOR_HEADER} %[srv_name]",
+        *_sticky_colors(),
         *servers,
         "",
     ]
     return "\n".join(lines)
+
+
+def _traffic_ring(size: int) -> list[str]:
+    """The ring section the frontend logs every request into (``format raw``: the line
+    alone, no syslog header)."""
+    return [
+        f"ring {TRAFFIC_RING}",
+        "    description releasegate-traffic",
+        "    format raw",
+        f"    maxlen {TRAFFIC_LINE_MAX}",
+        f"    size {size}",
+        "",
+    ]
+
+
+def _sticky_colors() -> list[str]:
+    """Backend rules that keep a client on its color while both colors take traffic.
+
+    HAProxy's ``cookie`` directive is not used, for two reasons: it sets its cookie on
+    every response, so when a canary starts every returning client would already be
+    pinned to the live color; and it honours a cookie of a server that is draining, so
+    a rollback would leave green's clients on green. Instead the cookie is set, and
+    honoured, only while ``nbsrv`` counts two usable servers: a server at weight 0,
+    draining, in maintenance or down is not usable. Outside a canary, after a rollback
+    or a promote, every request goes to the color that has the weight, whatever the
+    cookie says, and no cookie is set.
+    """
+    canary = "{ nbsrv ge 2 }"
+    return [
+        f"    http-request set-var(txn.sticky_color) req.cook({STICKY_COOKIE})",
+        *(
+            f"    use-server {color} if {canary} {{ req.cook({STICKY_COOKIE}) -m str {color} }}"
+            for color in COLORS
+        ),
+        "    http-response set-var(txn.served_color) srv_name",
+        f'    http-response add-header Set-Cookie "{STICKY_COOKIE}=%[srv_name]; Path=/;'
+        f' HttpOnly; SameSite=Lax" if {canary}'
+        " !{ var(txn.sticky_color),strcmp(txn.served_color) eq 0 }",
+    ]
 
 
 def generate_config(settings: Settings) -> str:
