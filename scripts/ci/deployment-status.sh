@@ -14,6 +14,7 @@ fi
 case "${RG_OUTCOME:-}" in
   succeeded) state=success ;;
   dry_run) state=inactive ;;
+  paused) state=in_progress ;;  # at a canary pause, waiting for the approval
   rolled_back | failed | blocked) state=failure ;;
   *) state=error ;;
 esac

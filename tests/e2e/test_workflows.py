@@ -125,6 +125,63 @@ def test_release_workflow_interface() -> None:
     names = [s.get("name", "") for s in jobs["release"]["steps"]]
     assert any("Roll back" in n for n in names)
     assert any("evidence" in n for n in names)
+    # A canary pause: a job of its own, held by the approval environment's reviewers.
+    resume = jobs["resume"]
+    assert resume["needs"] == ["build", "release"]
+    assert resume["if"] == "${{ needs.release.outputs.outcome == 'paused' }}"
+    assert resume["environment"]["name"] == (
+        "${{ inputs.approval-environment || format('{0}-canary', inputs.environment) }}"
+    )
+    assert resume["env"]["RG_RESUME"] == "true"
+    assert resume["concurrency"] == jobs["release"]["concurrency"]
+
+
+FAKE_RELEASEGATE = """#!/bin/sh
+# Records its arguments; a release pauses (exit 5), a resume promotes.
+echo "$*" >>"$CALLS"
+case "$*" in
+  "release --resume") echo "outcome=succeeded" >>"$GITHUB_OUTPUT"; exit 0 ;;
+  release*) echo "outcome=paused" >>"$GITHUB_OUTPUT"; exit 5 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "resume", "calls"),
+    [
+        ("remote", "false", ["release --image img@sha256:1"]),
+        ("ephemeral", "false", ["release --image img@sha256:1", "release --resume"]),
+        ("remote", "true", ["release --resume"]),
+    ],
+)
+def test_the_release_step_at_a_canary_pause(
+    tmp_path: Path, target: str, resume: str, calls: list[str]
+) -> None:
+    """A pause is the release step's success on a remote target (the resume job waits for
+    the approval); an ephemeral target, gone with its job, resumes at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "releasegate"
+    fake.write_text(FAKE_RELEASEGATE)
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CALLS": str(tmp_path / "calls"),
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "RG_BUILT_IMAGE": "img@sha256:1",
+        "RG_TARGET": target,
+        "RG_RESUME": resume,
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ci" / "release.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == calls
 
 
 def test_production_waits_and_never_cancels() -> None:
