@@ -10,20 +10,22 @@ client that only shows statuses still tells the colors apart. The client is ``he
    ring. Per color: the router's p50/p95/p99, hey's own p95 (its per-request CSV,
    color from the status), the p95 the server measured itself, and the distribution's
    theoretical p95. Target: the router within 5% of hey's and the server's figures.
-2. **The cost of the traffic ring at ``--rate`` requests/s.** ``hey`` holds the rate for
-   ``--seconds`` against four routers in turn, ``--rounds`` times: the same config with
-   the per-request log lines removed, with them, and with them while releasegate drains
-   the ring every second or every 5 seconds (a read dumps the whole ring, so its cost
-   follows the ring's fill and the reads' frequency); each round starts with another
-   variant. HAProxy's CPU (``/proc/<pid>/stat``) per request answered, against the run
-   without the log lines of the same round, and releasegate's (the reading thread's CPU
-   time); medians over the rounds. Target: < 5% extra HAProxy CPU.
-3. **The fixed cost of a read**: HAProxy's and releasegate's CPU for one read of the
-   ring as the load runs left it (full), with nothing new to parse.
+2. **The cost of the log lines at ``--rate`` requests/s.** ``hey`` holds the rate for
+   ``--seconds`` against two routers in turn, ``--rounds`` times: the same config with
+   and without the per-request log lines. HAProxy's CPU (``/proc/<pid>/stat``) per
+   request answered, against the run without the log lines of the same round (each
+   round starts with the other router); medians over the rounds.
+3. **The cost of reading the ring.** On the router with the log lines, one ``hey`` run
+   at the same rate; after 10 s (the ring is full: each read dumps all of it),
+   releasegate drains the ring every ``--read-every`` seconds during every other
+   5-second period. HAProxy's CPU with and without the reads (same process, same load),
+   releasegate's CPU, and the fixed cost of one read of a full ring.
+   Target: < 5% extra HAProxy CPU in all.
 
 Only 127.0.0.1 is targeted; every run is bounded in time.
 
-python benchmarks/canary_abort.py [--requests 3000] [--rate 2000] [--seconds 10] [--rounds 3]
+python benchmarks/canary_abort.py [--requests 3000] [--rate 2000] [--seconds 10] [--rounds 6]
+                                  [--periods 12] [--read-every 1] [--ring-size 1048576]
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -62,8 +63,6 @@ BACKEND = REPO_ROOT / "tests" / "integration" / "latency_backend.py"
 BACKENDS = {"blue": (20.0, 120.0, 200), "green": (40.0, 200.0, 203)}
 STATUS_COLOR = {status: color for color, (_, _, status) in BACKENDS.items()}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# How often releasegate drains the ring in the cost variants that read it (seconds).
-READ_EVERY = {"traffic log + reader 1s": 1.0, "traffic log + reader 5s": 5.0}
 
 
 @contextmanager
@@ -112,7 +111,9 @@ class Router:
 
 
 @contextmanager
-def router(folder: Path, ports: dict[str, int], *, traffic_log: bool) -> Iterator[Router]:
+def router(
+    folder: Path, ports: dict[str, int], *, traffic_log: bool, ring_size: int
+) -> Iterator[Router]:
     """HAProxy with releasegate's config, both colors at weight 50; without
     ``traffic_log`` the per-request log lines are left out (the ring stays, unused)."""
     root = Path(tempfile.mkdtemp(dir=folder))
@@ -121,6 +122,7 @@ def router(folder: Path, ports: dict[str, int], *, traffic_log: bool) -> Iterato
         f'[service]\nname = "bench"\n\n[deploy]\nblue_port = {ports["blue"]}\n'
         f'green_port = {ports["green"]}\n\n[router]\nbind = "127.0.0.1:{port}"\n'
         'runtime_dir = "rt"\ncheck_interval = "1s"\nstop_timeout = "5s"\n'
+        f"traffic_ring_size = {ring_size}\n"
     )
     settings = load_config(root / "releasegate.toml", env={})
     text = generate_config(settings)
@@ -204,92 +206,83 @@ def pct(value: float, reference: float) -> str:
     return f"{(value - reference) / reference * 100:+.1f}%" if reference else "-"
 
 
-@dataclass
-class LoadRun:
-    haproxy_cpu: float  # share of one core
-    rate: float
-    haproxy_us: float  # HAProxy CPU per request, microseconds
-    reader_cpu: float | None = None  # share of one core
-    drains: int = 0
-    drain_ms: float | None = None  # median wall time of a drain
-    lines: int = 0
-
-
-def load_run(target: Router, rate: int, seconds: int, *, read_every: float | None) -> LoadRun:
+def load_run(target: Router, rate: int, seconds: int) -> float:
+    """HAProxy's CPU per request answered (microseconds) while hey holds ``rate``."""
     workers = 20
-    stop = threading.Event()
-    reads: list[tuple[float, float, int]] = []  # (wall s, cpu s, lines)
-
-    def reading() -> None:
-        reader = target.reader()
-        reader.skip_backlog()
-        while not stop.wait(read_every):
-            wall, cpu = time.perf_counter(), time.thread_time()
-            traffic = reader.drain()
-            lines = sum(t.requests for t in traffic.values())
-            reads.append((time.perf_counter() - wall, time.thread_time() - cpu, lines))
-
-    thread = threading.Thread(target=reading) if read_every else None
-    if thread is not None:
-        thread.start()
     before, started = target.cpu_seconds(), time.perf_counter()
     output = hey(
         ["-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:g}", f"{target.url}/"],
         seconds + 60,
     )
-    elapsed = time.perf_counter() - started
     used = target.cpu_seconds() - before
-    stop.set()
-    if thread is not None:
-        thread.join()
     answered = sum(int(count) for count in re.findall(r"\[\d+\]\s+(\d+) responses", output))
-    run = LoadRun(
-        haproxy_cpu=used / elapsed,
-        rate=answered / elapsed,
-        haproxy_us=used / max(1, answered) * 1e6,
-    )
-    if reads:
-        run.reader_cpu = sum(cpu for _, cpu, _ in reads) / elapsed
-        run.drains = len(reads)
-        run.drain_ms = statistics.median(wall for wall, _, _ in reads) * 1000
-        run.lines = sum(lines for _, _, lines in reads)
-    return run
+    if answered < 0.9 * rate * seconds:
+        print(f"   (hey answered {answered / (time.perf_counter() - started):.0f}/s only)")
+    return used / max(1, answered) * 1e6
 
 
-def ring_cost(routers: dict[str, Router], rate: int, seconds: int, rounds: int) -> None:
-    print(f"\n2. cost at {rate} req/s, hey -z {seconds}s -c 20, {rounds} rounds")
+def logging_cost(routers: dict[str, Router], rate: int, seconds: int, rounds: int) -> None:
+    print(f"\n2. the log lines at {rate} req/s, hey -z {seconds}s -c 20, {rounds} rounds")
+    samples: dict[str, list[float]] = {name: [] for name in routers}
     names = list(routers)
-    runs: dict[str, list[LoadRun]] = {name: [] for name in names}
     for index in range(rounds):
-        # Each round starts with another variant, so that drift within a round (other
+        # Each round starts with the other router, so that drift within a round (other
         # work on the machine) does not always favour the same one.
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            runs[name].append(
-                load_run(routers[name], rate, seconds, read_every=READ_EVERY.get(name))
-            )
-    base = runs["no traffic log"]
-    for name, samples in runs.items():
-        per_request = statistics.median(r.haproxy_us for r in samples)
-        # Against the run without the log lines of the same round.
-        paired = statistics.median(
-            r.haproxy_us / b.haproxy_us for r, b in zip(samples, base, strict=True)
+        for name in names[index % 2 :] + names[: index % 2]:
+            samples[name].append(load_run(routers[name], rate, seconds))
+    base = samples[names[0]]
+    for name, runs in samples.items():
+        paired = statistics.median(run / ref for run, ref in zip(runs, base, strict=True))
+        print(
+            f"   {name:<15} HAProxy {statistics.median(runs):5.1f} us of CPU a request"
+            f" ({(paired - 1) * 100:+.1f}% against the same round without the log lines)"
+            f"   [{', '.join(f'{run:.1f}' for run in runs)}]"
         )
-        line = (
-            f"   {name:<22} rate {statistics.median(r.rate for r in samples):5.0f}/s"
-            f"   HAProxy CPU {statistics.median(r.haproxy_cpu for r in samples) * 100:5.2f}%"
-            f" of a core, {per_request:5.1f} us a request ({(paired - 1) * 100:+.1f}% vs no log,"
-            f" median of rounds)   [{', '.join(f'{r.haproxy_us:.1f}' for r in samples)}]"
+
+
+def reading_cost(target: Router, rate: int, periods: int, read_every: float) -> None:
+    """One hey run; releasegate reads the ring every ``read_every`` seconds during every
+    other 5-second period: HAProxy's CPU with and without the reads, same process."""
+    period = 5.0
+    print(
+        f"\n3. reading the ring at {rate} req/s: one router, {periods} periods of"
+        f" {period:g}s, reads every {read_every:g}s in every other period"
+    )
+    workers = 20
+    seconds = int(10 + periods * period + 5)
+    command = ["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:g}"]
+    load = subprocess.Popen([*command, f"{target.url}/"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(10)  # the ring fills up: each read then dumps all of it
+        reader = target.reader()
+        reader.skip_backlog()
+        cpu: dict[str, list[float]] = {"reading": [], "not reading": []}
+        drains: list[tuple[float, float]] = []  # (wall s, releasegate CPU s)
+        for index in range(periods):
+            mode = "reading" if index % 2 else "not reading"
+            before, started = target.cpu_seconds(), time.perf_counter()
+            while time.perf_counter() - started < period:
+                time.sleep(read_every)
+                if mode == "reading":
+                    wall, own = time.perf_counter(), time.process_time()
+                    reader.drain()
+                    drains.append((time.perf_counter() - wall, time.process_time() - own))
+            cpu[mode].append((target.cpu_seconds() - before) / (time.perf_counter() - started))
+    finally:
+        load.wait(timeout=seconds + 60)
+    idle = statistics.median(cpu["not reading"])
+    for mode, shares in cpu.items():
+        median = statistics.median(shares)
+        print(
+            f"   {mode:<12} HAProxy {median * 100:5.2f}% of a core ({pct(median, idle)})"
+            f"   [{', '.join(f'{share * 100:.2f}' for share in shares)}]"
         )
-        readers = [r for r in samples if r.reader_cpu is not None]
-        if readers:
-            reader_cpu = statistics.median(r.reader_cpu or 0.0 for r in readers)
-            drain_ms = statistics.median(r.drain_ms or 0.0 for r in readers)
-            lines = statistics.median(r.lines / max(1, r.drains) for r in readers)
-            line += (
-                f"\n   {'':<22} releasegate reader CPU {reader_cpu * 100:.2f}% of a core,"
-                f" drain {drain_ms:.1f} ms median for {lines:.0f} lines"
-            )
-        print(line)
+    wall_ms = statistics.median(wall for wall, _ in drains) * 1000
+    own = sum(cpu_s for _, cpu_s in drains) / (len(drains) * read_every)
+    print(
+        f"   a drain: {wall_ms:.1f} ms median; releasegate {own * 100:.2f}% of a core while"
+        f" reading; overruns {reader.overruns}"
+    )
 
 
 def read_cost(target: Router, reads: int = 50) -> None:
@@ -304,17 +297,22 @@ def read_cost(target: Router, reads: int = 50) -> None:
     haproxy_ms = (target.cpu_seconds() - haproxy_before) / reads * 1000
     own_ms = (time.process_time() - own_before) / reads * 1000
     print(
-        f"\n3. one read of a {size / 1024:.0f} KiB ring, {reads} reads: HAProxy"
-        f" {haproxy_ms:.2f} ms CPU, releasegate {own_ms:.2f} ms CPU a read"
+        f"   one read of the full {size / 1024:.0f} KiB ring, nothing new: HAProxy"
+        f" {haproxy_ms:.2f} ms CPU, releasegate {own_ms:.2f} ms CPU ({reads} reads)"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000, help="requests for the p95 part")
-    parser.add_argument("--rate", type=int, default=2000, help="requests/s for the cost part")
-    parser.add_argument("--seconds", type=int, default=10, help="length of one cost run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=2000, help="requests/s for the cost parts")
+    parser.add_argument("--seconds", type=int, default=10, help="length of one logging run")
+    parser.add_argument("--rounds", type=int, default=6, help="logging runs per router")
+    parser.add_argument("--periods", type=int, default=12, help="5 s periods of part 3")
+    parser.add_argument("--read-every", type=float, default=1.0, help="seconds between reads")
+    parser.add_argument(
+        "--ring-size", type=int, default=1 << 20, help="router.traffic_ring_size, bytes"
+    )
     args = parser.parse_args()
     for tool in ("hey", "haproxy"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -327,17 +325,15 @@ def main() -> None:
     ):
         folder = Path(tmp)
         routers: dict[str, Router] = {
-            name: stack.enter_context(router(folder, ports, traffic_log=log))
-            for name, log in (
-                ("no traffic log", False),
-                ("traffic log", True),
-                ("traffic log + reader 1s", True),
-                ("traffic log + reader 5s", True),
+            name: stack.enter_context(
+                router(folder, ports, traffic_log=log, ring_size=args.ring_size)
             )
+            for name, log in (("no log lines", False), ("log lines", True))
         }
-        p95_against_independent(routers["traffic log"], ports, args.requests)
-        ring_cost(routers, args.rate, args.seconds, args.rounds)
-        read_cost(routers["traffic log + reader 1s"])
+        p95_against_independent(routers["log lines"], ports, args.requests)
+        logging_cost(routers, args.rate, args.seconds, args.rounds)
+        reading_cost(routers["log lines"], args.rate, args.periods, args.read_every)
+        read_cost(routers["log lines"])
 
 
 if __name__ == "__main__":
