@@ -230,7 +230,8 @@ class DeploySection(Section):
 
 
 class SshSection(Section):
-    """How releasegate reaches a Docker host named by ``DOCKER_HOST=ssh://USER@HOST[:PORT]``.
+    """How releasegate reaches a Docker host named by ``DOCKER_HOST=ssh://USER@HOST[:PORT]``
+    and a backup host named by ``backup.destination = "sftp://USER@HOST[:PORT]/PATH"``.
 
     The host key must be pinned in the known_hosts file (never trusted on first use);
     unset variables leave ssh's own defaults (~/.ssh/known_hosts, ~/.ssh/id_*).
