@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from test_backup_sets import Env, configure, fingerprint, releases, seed
 from test_ssh_transport import new_key_pair, other_known_hosts
 
 from releasegate.backup import set_create
+from releasegate.backup.destinations.sftp import SftpFolder, SftpLocation
 from releasegate.backup.manifest import MANIFEST_NAME, Manifest
-from releasegate.errors import ExitCode
+from releasegate.errors import ExitCode, InfraError
+from releasegate.hosts.ssh import SshTunnel
 
 RELEASEGATE = str(Path(sys.executable).parent / "releasegate")
 
@@ -270,12 +273,12 @@ def test_a_missing_folder_on_the_backup_host_fails_the_backup(stored: SftpEnv) -
     assert backup_runs(env) == []
 
 
-@pytest.fixture
-def full_disk(stored: SftpEnv) -> Iterator[Path]:
-    """A 16 KiB tmpfs (less than a set) mounted at the destination folder, which the backup
+@contextmanager
+def small_disk(folder: Path) -> Iterator[Path]:
+    """A 16 KiB tmpfs (four pages, less than a set) mounted at ``folder``, which the backup
     host sees (the namespace shares this machine's mounts); unmounted afterwards."""
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(stored.folder)],
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(folder)],
         capture_output=True,
         text=True,
         check=False,
@@ -283,9 +286,15 @@ def full_disk(stored: SftpEnv) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
-        yield stored.folder
+        yield folder
     finally:
-        subprocess.run(["umount", str(stored.folder)], capture_output=True, check=True)
+        subprocess.run(["umount", str(folder)], capture_output=True, check=True)
+
+
+@pytest.fixture
+def full_disk(stored: SftpEnv) -> Iterator[Path]:
+    with small_disk(stored.folder) as folder:
+        yield folder
 
 
 def test_a_full_backup_host_fails_the_backup_before_and_after_it_is_taken(
@@ -310,3 +319,36 @@ def test_a_full_backup_host_fails_the_backup_before_and_after_it_is_taken(
     line = assert_refused(env, run, "cannot upload backup set", "not enough space")
     assert "needed" in line and "free" in line
     assert backup_runs(env) == ["failed"]
+
+
+def test_a_disk_that_fills_up_during_the_upload_leaves_no_set(
+    remote_host: RemoteHost, tmp_path: Path
+) -> None:
+    # Eight 100-byte files: 800 bytes pass the free-space check (16 KiB), but each file
+    # takes a 4 KiB page of the tmpfs, so the fifth one finds the disk full.
+    set_id = "20260101T000000.000Z"
+    local = tmp_path / "set" / set_id
+    local.mkdir(parents=True)
+    for i in range(7):
+        (local / f"part-{i}.bin").write_bytes(os.urandom(100))
+    (local / MANIFEST_NAME).write_text("{}")
+    remote = tmp_path / "backup-host"
+    remote.mkdir()
+    location = SftpLocation.parse(f"sftp://{remote_host.ssh_user}@{remote_host.address}{remote}")
+    tunnel = SshTunnel(
+        location.target,
+        known_hosts=remote_host.known_hosts,
+        identity_file=remote_host.ssh_key,
+        connect_timeout=5,
+    )
+    folder = SftpFolder(location, tunnel)
+    with tunnel, small_disk(remote):
+        folder.check()
+        with pytest.raises(InfraError) as failed:
+            folder.put_set(local, set_id)
+        message = str(failed.value)
+        assert message.startswith(f"backup destination {location}: cannot upload backup set")
+        assert "no space left on the backup host" in message and "\n" not in message
+        # What reached the disk was removed: nothing is listed, nothing is left.
+        assert folder.list_sets() == []
+        assert list(remote.iterdir()) == []

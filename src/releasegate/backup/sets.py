@@ -19,10 +19,11 @@ The operations behind ``releasegate backup``, as importable functions taking the
 - :func:`list_sets` and :func:`prune` list the sets newest first and remove the oldest.
 
 Each set is also kept at the configured destination (:mod:`releasegate.backup.destinations`):
-by default the backup folder itself, or an S3 bucket to which ``create`` uploads it. Listing
-and pruning cover both places, and a set asked for by id that is only at the destination is
-downloaded and checked first (:func:`fetch_set`, called by :func:`resolve_set`), so that
-verify, restore and a rollback work on a machine that did not create the set.
+by default the backup folder itself, or an S3 bucket or a backup host's folder (SFTP) to
+which ``create`` uploads it. Listing and pruning cover both places, and a set asked for by
+id that is only at the destination is downloaded and checked first (:func:`fetch_set`,
+called by :func:`resolve_set`), so that verify, restore and a rollback work on a machine
+that did not create the set.
 
 Which stores: Postgres always; Redis when ``[redis]`` is configured and its URL variable
 is set; Qdrant when ``[qdrant]`` is configured. Each store module (``postgres``,

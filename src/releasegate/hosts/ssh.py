@@ -1,7 +1,9 @@
-"""An OpenSSH tunnel to the Docker host: one master connection, forwards through it.
+"""An OpenSSH tunnel to the Docker host (or a backup host): one master connection, forwards
+and sftp sessions through it.
 
 The master is a plain ``ssh -M -N`` with its control socket in a private temporary
-folder (mode 0700); forwards are added to it with ``ssh -O forward``. The host key must
+folder (mode 0700); forwards are added to it with ``ssh -O forward``, and ``sftp`` runs
+over it (:meth:`SshTunnel.sftp_args`) without a second login. The host key must
 already be pinned (``StrictHostKeyChecking=yes``: never trust on first use) and nothing
 asks for a password (``BatchMode=yes``). Keys are files: ssh's argv holds paths only.
 
@@ -169,7 +171,7 @@ class SshTunnel:
 
     def _args(self) -> list[str]:
         """ssh and the options every call shares (the destination comes last)."""
-        args = [self.ssh_binary, "-S", str(self._control()), *self._options()]  # fmt: skip
+        args = [self.ssh_binary, "-S", str(self._control()), *self._options()]
         if self.target.port:
             args += ["-p", str(self.target.port)]
         if self.target.user:
