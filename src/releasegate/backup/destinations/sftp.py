@@ -242,8 +242,9 @@ class SftpFolder:
         # The manifest last: until it is there, the set is not listed.
         names = [*sorted(n for n in sizes if n != MANIFEST_NAME), MANIFEST_NAME]
         folders = _folders(names)
-        commands = [f"@mkdir {_quoted(self._path(set_id))}"]
-        commands += [f"@mkdir {_quoted(self._path(set_id, f))}" for f in folders]
+        # A folder of its own first, apart: what the cleanup below removes is then ours.
+        self._sftp(action, [f"@mkdir {_quoted(self._path(set_id))}"], LISTING_TIMEOUT)
+        commands = [f"@mkdir {_quoted(self._path(set_id, f))}" for f in folders]
         commands += [
             f"@put {_local(local_dir / name)} {_quoted(self._path(set_id, name))}" for name in names
         ]
