@@ -2,7 +2,8 @@
 anything.
 
 The backup step comes before migrate: when the set cannot be kept at its destination
-(an S3 endpoint on a closed port, a backup host whose disk is full), the release fails at
+(an S3 endpoint on a closed port; a backup host that is unreachable, refuses the key,
+shows another host key or has a full disk), the release fails at
 ``backup`` with nothing to roll back, blue v1 still serving and the stores at their
 versions. When it can, the set is on the backup host (the simulated remote host's sshd,
 tests/remote_host.py) and a fresh working directory lists and verifies it by id.
@@ -14,13 +15,16 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_port
 from release_env import RELEASEGATE, ReleaseEnv, ensure_images, open_release_env
-from remote_host import RemoteHost
+from remote_host import RemoteHost, new_key_pair, other_known_hosts
+
+from releasegate.errors import ExitCode
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +37,9 @@ def release_env(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[Release
 
 
 def assert_stopped_at_backup(env: ReleaseEnv, result: subprocess.CompletedProcess[str]) -> Any:
-    """The release failed at its backup step and nothing was changed; its JSON report."""
-    assert result.returncode != 0, result.stdout + result.stderr
+    """The release failed at its backup step, exit 3 (the destination is infrastructure),
+    and nothing was changed; its JSON report."""
+    assert result.returncode == ExitCode.INFRA, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert data["outcome"] == "failed" and "rollback" not in data
     assert "nothing was changed" in data["error"]
@@ -133,21 +138,51 @@ def test_release_keeps_its_restore_point_on_the_backup_host(
     assert (fresh / ".releasegate" / "backups" / set_id / "manifest.json").is_file()
 
 
-def test_a_full_backup_host_stops_the_release_before_any_change(
-    release_env: ReleaseEnv, remote_host: RemoteHost, backup_host_folder: Path
-) -> None:
-    env = release_env
-    # A 16 KiB tmpfs at the folder: less than the release's backup set.
-    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(backup_host_folder)]
+@contextmanager
+def backup_host_fault(
+    fault: str, host: RemoteHost, folder: Path, scratch: Path
+) -> Iterator[dict[str, str]]:
+    """The environment of a release whose backup host is unreachable, refuses the key,
+    shows another host key, or has a full disk (a 16 KiB tmpfs at the folder: less than
+    the release's set; unmounted afterwards)."""
+    env = sftp_env(host, folder)
+    if fault == "unreachable":  # a port of the host where nothing listens
+        env["RELEASEGATE_BACKUP__DESTINATION"] = (
+            f"sftp://{host.ssh_user}@{host.address}:{free_port()}{folder}"
+        )
+    elif fault == "wrong credentials":
+        new_key_pair(scratch / "stranger")
+        env["RELEASEGATE_SSH_IDENTITY_FILE"] = str(scratch / "stranger")
+    elif fault == "host key mismatch":
+        env["RELEASEGATE_SSH_KNOWN_HOSTS"] = str(other_known_hosts(host, scratch))
+    if fault != "not enough space":
+        yield env
+        return
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)]
     mounted = subprocess.run(mount, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
-        destination = sftp_env(remote_host, backup_host_folder)
+        yield env
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, check=True)
+
+
+@pytest.mark.parametrize(
+    "fault", ["unreachable", "wrong credentials", "host key mismatch", "not enough space"]
+)
+def test_a_backup_host_fault_stops_the_release_before_any_change(
+    release_env: ReleaseEnv,
+    remote_host: RemoteHost,
+    backup_host_folder: Path,
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    env = release_env
+    with backup_host_fault(fault, remote_host, backup_host_folder, tmp_path) as destination:
         result = env.run("release", "--image", "notes:v2", "--json", env=destination)
         data = assert_stopped_at_backup(env, result)
-        assert "backup destination sftp://" in data["error"]
-        assert "not enough space on the backup host" in data["error"]
+        [line] = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+        assert line.startswith("error: failed: backup: backup destination sftp://"), line
+        assert fault in line and fault in data["error"], line
         assert list(backup_host_folder.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(backup_host_folder)], capture_output=True, check=True)

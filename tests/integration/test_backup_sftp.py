@@ -26,10 +26,9 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Project, free_port
-from remote_host import RemoteHost
+from remote_host import RemoteHost, new_key_pair, other_known_hosts
 from test_backup_s3 import Run
 from test_backup_sets import Env, configure, fingerprint, releases, seed
-from test_ssh_transport import new_key_pair, other_known_hosts
 
 from releasegate.backup import set_create
 from releasegate.backup.destinations.sftp import SftpFolder, SftpLocation
@@ -70,9 +69,9 @@ class SftpEnv(Env):
     def cli(self, *args: str, cwd: Path | None = None, **env: str) -> Run:
         root = cwd or self.project.root
         run_env = {
+            # Only what a job sets: no RELEASEGATE_* of this shell (such as the host's selection).
             **{k: v for k, v in self.project.env.items() if not k.startswith("RELEASEGATE_")},
             **self.ssh_env(**env),
-            "NOTES_DATABASE_URL": self.project.url,
             "NOTES_REDIS_URL": str(self.redis_url),
             "RELEASEGATE_CONFIG": str(root / "releasegate.toml"),
         }

@@ -24,7 +24,7 @@ import docker
 import httpx
 import pytest
 from conftest import ensure_base_image, free_ports
-from remote_host import RemoteHost, ssh_env
+from remote_host import RemoteHost, new_key_pair, other_known_hosts, ssh_env
 
 from releasegate.errors import ExitCode, InfraError
 from releasegate.hosts.ssh import SshTarget, SshTunnel
@@ -83,24 +83,6 @@ def test_a_forwarded_port_reaches_the_remote_hosts_own_view(remote_host: RemoteH
             context.wrap_socket(raw, server_hostname=remote_host.address) as tls,
         ):
             assert tls.version() is not None
-
-
-def new_key_pair(private_key: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private_key)], check=True
-    )
-
-
-def other_known_hosts(host: RemoteHost, folder: Path) -> Path:
-    """A known_hosts file that pins another key for the remote address."""
-    other_key = folder / "other_host_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
-    )
-    key_type, key = other_key.with_suffix(".pub").read_text().split()[:2]
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"{host.address} {key_type} {key}\n")
-    return known_hosts
 
 
 def test_another_pinned_key_is_a_host_key_mismatch(remote_host: RemoteHost, tmp_path: Path) -> None:

@@ -67,8 +67,10 @@ def _run_step(
         outcome = step(ctx)
     except ReleasegateError as exc:
         detail: dict[str, Any] = {"error_type": type(exc).__name__}
-        if exc.exit_code == ExitCode.USAGE:
-            detail["exit_code"] = int(ExitCode.USAGE)  # bad input: exit 2 when nothing changed
+        if exc.exit_code in (ExitCode.USAGE, ExitCode.INFRA):
+            # When nothing changed: bad input exits 2; a store or backup destination that
+            # cannot be reached (or is full) exits 3, as the same failure outside a release.
+            detail["exit_code"] = int(exc.exit_code)
         outcome = StepOutcome(False, db.first_line(exc), detail)
     except Exception as exc:  # a bug or an unexpected library error: still roll back
         outcome = StepOutcome(
