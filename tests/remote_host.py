@@ -81,6 +81,23 @@ def ssh_env(host: RemoteHost, known_hosts: Path | None = None) -> dict[str, str]
     }
 
 
+def new_key_pair(private_key: Path) -> None:
+    """An ed25519 key pair (no passphrase) that no host knows: ``private_key`` and ``.pub``."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private_key)], check=True
+    )
+
+
+def other_known_hosts(host: RemoteHost, folder: Path) -> Path:
+    """A known_hosts file that pins another key for the remote address."""
+    other_key = folder / "other_host_key"
+    new_key_pair(other_key)
+    key_type, key = other_key.with_suffix(".pub").read_text().split()[:2]
+    known_hosts = folder / "known_hosts"
+    known_hosts.write_text(f"{host.address} {key_type} {key}\n")
+    return known_hosts
+
+
 def load_on_remote(host: RemoteHost, image: str) -> None:
     """``docker save`` here, ``docker load`` on the remote engine (no registry needed)."""
     if host.docker("image", "inspect", image).returncode == 0:

@@ -149,8 +149,12 @@ class BackupSection(Section):
     free_space_factor: float = Field(default=1.0, ge=0)
     # Where each set is kept once created and checked: None keeps it only in ``dir``;
     # "s3://BUCKET/PREFIX" uploads it to an S3-compatible bucket (credentials from the
-    # standard AWS variables), from which list, verify, restore and rollback fetch it.
-    destination: str | None = Field(default=None, pattern=r"^s3://[^/\s]+(/\S*)?$")
+    # standard AWS variables), "sftp://USER@HOST[:PORT]/PATH" to a folder on a backup host
+    # (pinned host key and key file as in [ssh]); list, verify, restore and rollback
+    # fetch it from there.
+    destination: str | None = Field(
+        default=None, pattern=r"^(s3://[^/\s]+(/\S*)?|sftp://[^/\s]+/\S+)$"
+    )
     # Variable holding the endpoint URL of an S3-compatible service other than AWS.
     endpoint_url_env: EnvVarName | None = None
 
@@ -200,7 +204,8 @@ class DeploySection(Section):
 
 
 class SshSection(Section):
-    """How releasegate reaches a Docker host named by ``DOCKER_HOST=ssh://USER@HOST[:PORT]``.
+    """How releasegate reaches a Docker host named by ``DOCKER_HOST=ssh://USER@HOST[:PORT]``
+    and a backup host named by ``backup.destination = "sftp://USER@HOST[:PORT]/PATH"``.
 
     The host key must be pinned in the known_hosts file (never trusted on first use);
     unset variables leave ssh's own defaults (~/.ssh/known_hosts, ~/.ssh/id_*).

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from releasegate.backup.destination import LocalFolder, S3Bucket, destination_for, parse_s3_url
+from releasegate.backup.destinations import LocalFolder, destination_for
+from releasegate.backup.destinations.s3 import S3Bucket, parse_s3_url
 from releasegate.backup.manifest import MANIFEST_NAME
 from releasegate.config import load_config
 from releasegate.errors import ConfigError

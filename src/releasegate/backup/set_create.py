@@ -3,7 +3,7 @@
 The set is built in a hidden ``.<set id>.partial`` folder and renamed into place once its
 manifest is written; free space is checked against an estimate first, and a full disk is
 reported as :class:`NotEnoughSpace` (exit 3). The set is then copied to its destination
-(:mod:`releasegate.backup.destination`), which is checked before the backup starts: a
+(:mod:`releasegate.backup.destinations`), which is checked before the backup starts: a
 destination that cannot be reached or refuses the set fails the backup (exit 3) and
 leaves no set behind, here or there.
 """
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from releasegate import __version__, db
 from releasegate.backup.base import StoreBackup
-from releasegate.backup.destination import destination_for
+from releasegate.backup.destinations import destination_for
 from releasegate.backup.manifest import Manifest, new_set_id
 from releasegate.backup.sets import (
     PARTIAL_SUFFIX,

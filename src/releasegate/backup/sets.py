@@ -18,11 +18,12 @@ The operations behind ``releasegate backup``, as importable functions taking the
   versions before and after.
 - :func:`list_sets` and :func:`prune` list the sets newest first and remove the oldest.
 
-Each set is also kept at the configured destination (:mod:`releasegate.backup.destination`):
-by default the backup folder itself, or an S3 bucket to which ``create`` uploads it. Listing
-and pruning cover both places, and a set asked for by id that is only at the destination is
-downloaded and checked first (:func:`fetch_set`, called by :func:`resolve_set`), so that
-verify, restore and a rollback work on a machine that did not create the set.
+Each set is also kept at the configured destination (:mod:`releasegate.backup.destinations`):
+by default the backup folder itself, or an S3 bucket or a backup host's folder (SFTP) to
+which ``create`` uploads it. Listing and pruning cover both places, and a set asked for by
+id that is only at the destination is downloaded and checked first (:func:`fetch_set`,
+called by :func:`resolve_set`), so that verify, restore and a rollback work on a machine
+that did not create the set.
 
 Which stores: Postgres always; Redis when ``[redis]`` is configured and its URL variable
 is set; Qdrant when ``[qdrant]`` is configured. Each store module (``postgres``,
@@ -45,7 +46,7 @@ from types import ModuleType
 from typing import Any
 
 from releasegate.backup.base import Difference, FileEntry, set_file, sha256_file
-from releasegate.backup.destination import destination_for, set_dirs
+from releasegate.backup.destinations import destination_for, set_dirs
 from releasegate.backup.manifest import MANIFEST_NAME, STORE_ORDER, Manifest, is_set_id
 from releasegate.config import Settings
 from releasegate.errors import CheckFailed, ConfigError, ReleasegateError

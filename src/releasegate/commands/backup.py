@@ -92,7 +92,7 @@ def backup() -> None:
 def create(state: CliState, stores: tuple[str, ...], as_json: bool) -> int:
     """Back up Postgres (and Redis, Qdrant when configured) into a new backup set."""
     from releasegate.backup import set_create, sets
-    from releasegate.backup.destination import destination_for
+    from releasegate.backup.destinations import destination_for
 
     settings = state.settings()
     if not stores and not as_json:
@@ -218,7 +218,7 @@ def restore(
 def list_command(state: CliState, as_json: bool) -> int:
     """The backup sets in backup.dir and at backup.destination, newest first."""
     from releasegate.backup import sets
-    from releasegate.backup.destination import destination_for
+    from releasegate.backup.destinations import destination_for
     from releasegate.output import table
 
     settings = state.settings()

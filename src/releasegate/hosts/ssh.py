@@ -1,7 +1,9 @@
-"""An OpenSSH tunnel to the Docker host: one master connection, forwards through it.
+"""An OpenSSH tunnel to the Docker host (or a backup host): one master connection, forwards
+and sftp sessions through it.
 
 The master is a plain ``ssh -M -N`` with its control socket in a private temporary
-folder (mode 0700); forwards are added to it with ``ssh -O forward``. The host key must
+folder (mode 0700); forwards are added to it with ``ssh -O forward``, and ``sftp`` runs
+over it (:meth:`SshTunnel.sftp_args`) without a second login. The host key must
 already be pinned (``StrictHostKeyChecking=yes``: never trust on first use) and nothing
 asks for a password (``BatchMode=yes``). Keys are files: ssh's argv holds paths only.
 
@@ -52,13 +54,26 @@ _CHECK_EVERY_S = 1.0
 _PROBE_S = 1.0
 
 
-def classify_ssh_error(stderr: str) -> str:
-    """One line from ssh's stderr: ``KIND (detail)`` for known failures, else its last line."""
+def known_ssh_failure(stderr: str) -> str | None:
+    """``KIND (detail)`` when ssh's stderr shows a known connection failure, else None."""
     for pattern, kind, detail in _FAILURES:
         if pattern in stderr:
             return f"{kind} ({detail})"
+    return None
+
+
+def last_line(stderr: str) -> str | None:
+    """The last non-empty line of a program's stderr, registered secrets redacted."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return f"ssh failed: {redact(lines[-1])}" if lines else "ssh failed without a message"
+    return redact(lines[-1]) if lines else None
+
+
+def classify_ssh_error(stderr: str) -> str:
+    """One line from ssh's stderr: ``KIND (detail)`` for known failures, else its last line."""
+    if (known := known_ssh_failure(stderr)) is not None:
+        return known
+    line = last_line(stderr)
+    return f"ssh failed: {line}" if line else "ssh failed without a message"
 
 
 @dataclass(frozen=True)
@@ -168,9 +183,31 @@ class SshTunnel:
 
     def _args(self) -> list[str]:
         """ssh and the options every call shares (the destination comes last)."""
+        args = [self.ssh_binary, "-S", str(self._control()), *self._options()]
+        if self.target.port:
+            args += ["-p", str(self.target.port)]
+        if self.target.user:
+            args += ["-l", self.target.user]
+        return args
+
+    def sftp_args(self, sftp_binary: str = "sftp") -> list[str]:
+        """sftp through the open master (no second login), with the same pinned options
+        should it ever connect by itself; the destination (``target.host``) comes last."""
         args = [
-            self.ssh_binary,
-            "-S", str(self._control()),
+            sftp_binary,
+            "-o", f"ControlPath={_ssh_path(self._control())}",
+            "-o", "ControlMaster=no",
+            *self._options(),
+        ]  # fmt: skip
+        if self.target.port:
+            args += ["-o", f"Port={self.target.port}"]
+        if self.target.user:
+            args += ["-o", f"User={self.target.user}"]
+        return args
+
+    def _options(self) -> list[str]:
+        """The ``-o`` options of every ssh client: pinned host key, key files, no prompt."""
+        args = [
             "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes",
             "-o", "UpdateHostKeys=no",
@@ -186,10 +223,6 @@ class SshTunnel:
         if self.identity_file is not None:
             args += ["-o", f"IdentityFile={_ssh_path(self.identity_file)}"]
             args += ["-o", "IdentitiesOnly=yes"]
-        if self.target.port:
-            args += ["-p", str(self.target.port)]
-        if self.target.user:
-            args += ["-l", self.target.user]
         return args
 
     def _failure(self, reason: str) -> InfraError:

@@ -182,6 +182,7 @@ def _with_address(url: str, host: str, port: int) -> str:
 
 
 _ssh_hosts: dict[tuple[object, ...], SshHost] = {}
+_tunnels: dict[tuple[object, ...], SshTunnel] = {}
 
 
 def _file_from_env(settings: Settings, variable: str) -> Path | None:
@@ -194,22 +195,29 @@ def is_remote(settings: Settings) -> bool:
     return settings.env.get("DOCKER_HOST", "").startswith("ssh://")
 
 
-def ssh_host(settings: Settings) -> SshHost:
-    """The ssh transport of ``DOCKER_HOST=ssh://``; one per host for the whole process."""
-    docker_host = settings.env.get("DOCKER_HOST", "")
+def ssh_tunnel(settings: Settings, target: SshTarget) -> SshTunnel:
+    """The tunnel to ``target`` with the ``[ssh]`` section's pinned known_hosts and key;
+    one per host and credentials for the whole process (opened on first use)."""
     ssh = settings.raw.ssh
-    target = SshTarget.parse(docker_host)
     known_hosts = _file_from_env(settings, ssh.known_hosts_env)
     identity_file = _file_from_env(settings, ssh.identity_file_env)
-    remote_socket = settings.raw.deploy.remote_docker_socket
-    key = (target, known_hosts, identity_file, ssh.connect_timeout, remote_socket)
-    if key not in _ssh_hosts:
-        tunnel = SshTunnel(
+    key = (target, known_hosts, identity_file, ssh.connect_timeout)
+    if key not in _tunnels:
+        _tunnels[key] = SshTunnel(
             target,
             known_hosts=known_hosts,
             identity_file=identity_file,
             connect_timeout=ssh.connect_timeout,
         )
+    return _tunnels[key]
+
+
+def ssh_host(settings: Settings) -> SshHost:
+    """The ssh transport of ``DOCKER_HOST=ssh://``; one per host for the whole process."""
+    tunnel = ssh_tunnel(settings, SshTarget.parse(settings.env.get("DOCKER_HOST", "")))
+    remote_socket = settings.raw.deploy.remote_docker_socket
+    key = (id(tunnel), remote_socket)
+    if key not in _ssh_hosts:
         _ssh_hosts[key] = SshHost(tunnel, remote_socket)
     return _ssh_hosts[key]
 
@@ -222,6 +230,7 @@ def transport(settings: Settings) -> HostTransport:
 @atexit.register
 def close_ssh_hosts() -> None:
     """Close every tunnel this process opened."""
-    for host in _ssh_hosts.values():
-        host.close()
+    for tunnel in _tunnels.values():
+        tunnel.close()
+    _tunnels.clear()
     _ssh_hosts.clear()

@@ -87,7 +87,8 @@ def _run_step(
     except ReleasegateError as exc:
         detail: dict[str, Any] = {"error_type": type(exc).__name__}
         if exc.exit_code in (ExitCode.USAGE, ExitCode.INFRA):
-            # Bad input (2) or an unreachable host or store (3), when nothing changed.
+            # When nothing changed: bad input exits 2; a store or backup destination that
+            # cannot be reached (or is full) exits 3, as the same failure outside a release.
             detail["exit_code"] = int(exc.exit_code)
         outcome = StepOutcome(False, db.first_line(exc), detail)
     except Exception as exc:  # a bug or an unexpected library error: still roll back

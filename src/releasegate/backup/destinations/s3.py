@@ -1,27 +1,18 @@
-"""Where the durable copy of each backup set lives: the backup folder, or an S3 bucket.
+"""Backup sets kept in an S3-compatible bucket, through boto3.
 
-A set is always built in ``backup.dir`` (:mod:`releasegate.backup.set_create`); the
-destination is where it is kept for later. By default that is the backup folder itself
-(:class:`LocalFolder`, nothing is copied). With ``[backup] destination =
-"s3://BUCKET/PREFIX"`` every set is uploaded to an S3-compatible bucket
-(:class:`S3Bucket`), so that a job on another machine (a rollback on a fresh CI runner)
-can list the sets and fetch one by id.
-
-A set at a destination is the set folder's files under ``<prefix>/<set id>/``. Its
+A set at the bucket is the set folder's files under ``<prefix>/<set id>/``. Its
 ``manifest.json`` is uploaded last and deleted first: a set whose upload or deletion was
-cut short has no manifest and is never listed. Downloads are checked against the
-manifest's checksums by :func:`releasegate.backup.sets.fetch_set` before they are used.
+cut short has no manifest and is never listed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from releasegate.backup.base import name_problem
 from releasegate.backup.manifest import MANIFEST_NAME, Manifest, is_set_id
@@ -39,78 +30,6 @@ READ_TIMEOUT = 120
 MAX_ATTEMPTS = 3
 # S3 deletes at most this many keys per request.
 _DELETE_BATCH = 1000
-
-
-class Destination(Protocol):
-    """The durable copy of backup sets, addressed by set id."""
-
-    def check(self) -> None:
-        """Raise :class:`InfraError` unless the destination answers and can be used."""
-
-    def put_set(self, local_dir: Path, set_id: str) -> None:
-        """Copy the complete set folder ``local_dir`` in, its manifest last."""
-
-    def get_set(self, set_id: str, into_dir: Path) -> None:
-        """Copy the set's files into the (empty) folder ``into_dir``, unchecked."""
-
-    def list_sets(self) -> list[str]:
-        """The ids of the complete sets (those with a manifest), newest first."""
-
-    def read_manifest(self, set_id: str) -> Manifest:
-        """The manifest of one set."""
-
-    def delete_set(self, set_id: str) -> None:
-        """Remove a set, its manifest first."""
-
-    def describe(self) -> str:
-        """Where the sets are, for messages: never a secret."""
-
-
-def set_dirs(root: Path) -> list[Path]:
-    """The folders in ``root`` named like a set id, newest first (with a manifest or not)."""
-    if not root.is_dir():
-        return []
-    return sorted(
-        (p for p in root.iterdir() if p.is_dir() and is_set_id(p.name)),
-        key=lambda p: p.name,
-        reverse=True,
-    )
-
-
-class LocalFolder:
-    """The backup folder itself: sets are created in place, so nothing is ever copied."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def check(self) -> None:
-        return None
-
-    def put_set(self, local_dir: Path, set_id: str) -> None:
-        target = self.root / set_id
-        if local_dir.resolve() == target.resolve():
-            return
-        shutil.copytree(local_dir, target)
-
-    def get_set(self, set_id: str, into_dir: Path) -> None:
-        source = self.root / set_id
-        if not (source / MANIFEST_NAME).is_file():
-            raise ConfigError(f"no backup set {set_id} in {self.root}")
-        shutil.copytree(source, into_dir, dirs_exist_ok=True, symlinks=True)
-
-    def list_sets(self) -> list[str]:
-        return [p.name for p in set_dirs(self.root) if (p / MANIFEST_NAME).is_file()]
-
-    def read_manifest(self, set_id: str) -> Manifest:
-        return Manifest.read(self.root / set_id)
-
-    def delete_set(self, set_id: str) -> None:
-        target = self.root / set_id
-        (target / MANIFEST_NAME).unlink(missing_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-
-    def describe(self) -> str:
-        return str(self.root)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -286,10 +205,3 @@ class S3Bucket:
                     f"backup destination {self.describe()}: {action}: {first.get('Key')}:"
                     f" {first.get('Code')}: {first.get('Message')}"
                 )
-
-
-def destination_for(settings: Settings) -> Destination:
-    """The configured destination: an S3 bucket for ``s3://``, else the backup folder."""
-    if settings.raw.backup.destination is not None:
-        return S3Bucket.from_settings(settings)
-    return LocalFolder(settings.resolve_path(settings.raw.backup.dir))
