@@ -113,24 +113,6 @@ def load_on_remote(host: RemoteHost, image: str) -> None:
     assert loaded.returncode == 0, loaded.stderr
 
 
-def new_key_pair(private_key: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(private_key)], check=True
-    )
-
-
-def other_known_hosts(host: RemoteHost, folder: Path) -> Path:
-    """A known_hosts file that pins another key for the remote address."""
-    other_key = folder / "other_host_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
-    )
-    key_type, key = other_key.with_suffix(".pub").read_text().split()[:2]
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"{host.address} {key_type} {key}\n")
-    return known_hosts
-
-
 def _state_dir() -> Path:
     return Path(os.environ.get("RELEASEGATE_REMOTE_STATE_DIR", "/var/lib/releasegate/remote-host"))
 
