@@ -17,6 +17,10 @@ Per trial, from the client's rows only:
   the trials (one trial's two or three failures are mostly chance).
 - **first bad request to blue at 100%**: from the start of the first failed request to
   the end of the last answer of green. Target: < 15 s at 5% and 100 requests/s.
+
+hey's CSV lists answered requests only: a request with no response at all is not in it.
+So each trial also shows what the router's ring logged over the same run (requests and
+errors, a missing response included), to show that no failure escaped the client.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from _common import REPO_ROOT, free_port, scratch_db, server_url, wait_answers
 
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from releasegate.canary.traffic import TrafficReader
 from releasegate.config import Settings, load_config
 from releasegate.ledger import Ledger
 from releasegate.lock import HeldLock
@@ -50,6 +55,9 @@ BACKEND = REPO_ROOT / "tests" / "integration" / "latency_backend.py"
 BLUE_STATUS, GREEN_STATUS = 200, 203
 # Seconds of blue alone before the step, and of the client after blue is back at 100%.
 LEAD_S, TAIL_S = 3.0, 3.0
+# The step's duration, without extensions: long enough that a bad green is failed by the
+# analysis (early, or at min_requests = 50), never by the end of the window.
+STEP_S = 30.0
 CONFIG = """\
 [service]
 name = "bench"
@@ -80,11 +88,11 @@ class Answer:
 
     start_s: float
     end_s: float
-    status: int  # 0: no response
+    status: int
 
     @property
     def failed(self) -> bool:
-        return self.status >= 500 or self.status == 0
+        return self.status >= 500
 
     @property
     def green(self) -> bool:
@@ -99,6 +107,8 @@ class Trial:
     floor: float
     first_bad_to_blue_s: float | None
     step_s: float
+    router_requests: int  # what the router's ring logged over the same run
+    router_errors: int
     reason: str
 
     @property
@@ -157,6 +167,8 @@ def one_trial(ctx: ReleaseContext, url: str, weight: int, error_rate: float, rat
     assert canary is not None
     # hey's own bound, should the step hang: it is stopped as soon as the step is over.
     seconds = int(LEAD_S + canary.duration + TAIL_S + 30)
+    ring = TrafficReader.for_settings(ctx.settings)
+    ring.skip_backlog()
     client = subprocess.Popen(
         [
             *("hey", "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:g}"),
@@ -172,6 +184,8 @@ def one_trial(ctx: ReleaseContext, url: str, weight: int, error_rate: float, rat
     finally:
         client.send_signal(signal.SIGINT)  # hey stops and prints what it has
         output, _ = client.communicate(timeout=60)
+    time.sleep(0.2)  # the router logs a request once it has ended
+    logged = ring.drain().values()
     if outcome.ok:
         sys.exit(f"the bad canary passed its step: {outcome.summary}")
     answers = parse_hey_csv(output)
@@ -187,6 +201,8 @@ def one_trial(ctx: ReleaseContext, url: str, weight: int, error_rate: float, rat
         first_bad_to_blue_s=green[-1].end_s - failed[0].start_s if failed and green else None,
         step_s=float(detail.get("duration_s", 0.0)),
         reason=str(detail.get("reason", outcome.summary)),
+        router_requests=sum(traffic.requests for traffic in logged) + ring.unrouted,
+        router_errors=sum(traffic.errors for traffic in logged),
     )
 
 
@@ -208,20 +224,19 @@ def release_context(settings: Settings, ledger: Ledger) -> ReleaseContext:
 
 
 def abort_cost(folder: Path, *, weight: int, error_rate: float, rate: int, trials: int) -> None:
-    step_s = 30.0
     print(
         f"\n4. an aborted canary, from the client: green answers 500 to {error_rate:.0%} of"
         f" requests, {weight}% step, hey at {rate} req/s, {trials} trials"
     )
     print(
         f"   {'trial':<5} {'requests':>8} {'in step':>7} {'failed':>6} {'floor':>6} {'ratio':>6}"
-        f" | {'1st bad->blue 100%':>18} {'step':>6}"
+        f" | {'1st bad->blue 100%':>18} {'step':>6} | router: requests, errors"
     )
     results: list[Trial] = []
     with (
         scratch_db(server_url()) as ledger_url,
         Ledger.open(ledger_url) as ledger,
-        bad_canary_router(folder, weight, error_rate, step_s) as url,
+        bad_canary_router(folder, weight, error_rate, STEP_S) as url,
     ):
         settings = load_config(folder / "releasegate.toml", env={})
         for index in range(trials):
@@ -232,6 +247,7 @@ def abort_cost(folder: Path, *, weight: int, error_rate: float, rate: int, trial
                 f"   {index + 1:<5} {trial.requests:>8} {trial.in_step:>7} {trial.failed:>6}"
                 f" {trial.floor:>6.1f} {trial.ratio:>5.2f}x"
                 f" | {'-' if to_blue is None else f'{to_blue:.2f} s':>18} {trial.step_s:>5.2f}s"
+                f" | {trial.router_requests}, {trial.router_errors}"
             )
             print(f"         verdict: {trial.reason}")
     # The step stops at a time the failures choose, but by Wald's identity the failures
