@@ -5,7 +5,8 @@
 client's threads as they would be in the same interpreter:
 
 - ``GET /slow`` waits the next delay of a seeded uniform draw between ``--low`` and
-  ``--high`` ms, then answers 200: the latency distribution is known in advance;
+  ``--high`` ms, then answers as any other path below: the latency distribution is
+  known in advance;
 - ``GET /fail`` answers 500, ``GET /healthz`` 200 (the router's check); any other path
   answers ``--status`` (200) at once, or 500 for a seeded draw of ``--fail-rate`` of
   them (0 by default): a bad version that fails at a known rate;
