@@ -21,11 +21,20 @@ client that only shows statuses still tells the colors apart. The client is ``he
    5-second period. HAProxy's CPU with and without the reads (same process, same load),
    releasegate's CPU, and the fixed cost of one read of a full ring.
    Target: < 5% extra HAProxy CPU in all.
+4. **What an aborted canary costs real users** (benchmarks/_canary_users.py): a green
+   that answers 500 to ``--bad-error-rate`` of requests gets a ``--abort-weight`` step of
+   the release's own canary machinery while ``hey`` sends ``--client-rate`` requests/s;
+   from hey's per-request rows, the failed requests against the floor (weight x error
+   rate x requests in the step; target within 2x) and the time from the first bad
+   request to blue at 100% (target < 15 s at 5% and 100 requests/s).
 
 Only 127.0.0.1 is targeted; every run is bounded in time.
 
 python benchmarks/canary_abort.py [--requests 3000] [--rate 2000] [--seconds 10] [--rounds 6]
                                   [--periods 12] [--read-every 1] [--ring-size 1048576]
+                                  [--abort-weight 5] [--bad-error-rate 0.1]
+                                  [--client-rate 100] [--abort-trials 6] [--parts 1,2,3,4]
+Part 4 keeps its ledger in a scratch database of RELEASEGATE_TEST_PG_URL.
 """
 
 from __future__ import annotations
@@ -48,9 +57,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO_ROOT, free_port
+from _common import REPO_ROOT, free_port, wait_answers
 
 sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from _canary_users import abort_cost
 
 from releasegate.canary.traffic import ColorTraffic, TrafficReader, nearest_rank
 from releasegate.config import load_config
@@ -81,18 +92,6 @@ def backends() -> Iterator[dict[str, int]]:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
-
-
-def wait_answers(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                sys.exit(f"{url} did not answer")
-            time.sleep(0.05)
 
 
 @dataclass
@@ -302,22 +301,8 @@ def read_cost(target: Router, reads: int = 50) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=3000, help="requests for the p95 part")
-    parser.add_argument("--rate", type=int, default=2000, help="requests/s for the cost parts")
-    parser.add_argument("--seconds", type=int, default=10, help="length of one logging run")
-    parser.add_argument("--rounds", type=int, default=6, help="logging runs per router")
-    parser.add_argument("--periods", type=int, default=12, help="5 s periods of part 3")
-    parser.add_argument("--read-every", type=float, default=1.0, help="seconds between reads")
-    parser.add_argument(
-        "--ring-size", type=int, default=1 << 20, help="router.traffic_ring_size, bytes"
-    )
-    args = parser.parse_args()
-    for tool in ("hey", "haproxy"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"{tool} is not installed")
-    print(f"ring {TRAFFIC_RING!r}; cpu: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+def costs(args: argparse.Namespace, parts: set[str]) -> None:
+    """Parts 1 to 3, on two routers (with and without the log lines) of two backends."""
     with (
         tempfile.TemporaryDirectory(prefix="rgbench-") as tmp,
         backends() as ports,
@@ -330,10 +315,50 @@ def main() -> None:
             )
             for name, log in (("no log lines", False), ("log lines", True))
         }
-        p95_against_independent(routers["log lines"], ports, args.requests)
-        logging_cost(routers, args.rate, args.seconds, args.rounds)
-        reading_cost(routers["log lines"], args.rate, args.periods, args.read_every)
-        read_cost(routers["log lines"])
+        if "1" in parts:
+            p95_against_independent(routers["log lines"], ports, args.requests)
+        if "2" in parts:
+            logging_cost(routers, args.rate, args.seconds, args.rounds)
+        if "3" in parts:
+            reading_cost(routers["log lines"], args.rate, args.periods, args.read_every)
+            read_cost(routers["log lines"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000, help="requests for the p95 part")
+    parser.add_argument("--rate", type=int, default=2000, help="requests/s for the cost parts")
+    parser.add_argument("--seconds", type=int, default=10, help="length of one logging run")
+    parser.add_argument("--rounds", type=int, default=6, help="logging runs per router")
+    parser.add_argument("--periods", type=int, default=12, help="5 s periods of part 3")
+    parser.add_argument("--read-every", type=float, default=1.0, help="seconds between reads")
+    parser.add_argument(
+        "--ring-size", type=int, default=1 << 20, help="router.traffic_ring_size, bytes"
+    )
+    parser.add_argument("--abort-weight", type=int, default=5, help="part 4's step, percent")
+    parser.add_argument(
+        "--bad-error-rate", type=float, default=0.1, help="share of green's answers that fail"
+    )
+    parser.add_argument("--client-rate", type=int, default=100, help="part 4's requests/s")
+    parser.add_argument("--abort-trials", type=int, default=6, help="aborted canaries in part 4")
+    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 4")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    for tool in ("hey", "haproxy"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} is not installed")
+    print(f"ring {TRAFFIC_RING!r}; cpu: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    if parts & {"1", "2", "3"}:
+        costs(args, parts)
+    if "4" in parts:
+        with tempfile.TemporaryDirectory(prefix="rgbench-abort-") as tmp:
+            abort_cost(
+                Path(tmp),
+                weight=args.abort_weight,
+                error_rate=args.bad_error_rate,
+                rate=args.client_rate,
+                trials=args.abort_trials,
+            )
 
 
 if __name__ == "__main__":

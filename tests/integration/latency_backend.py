@@ -5,9 +5,11 @@
 client's threads as they would be in the same interpreter:
 
 - ``GET /slow`` waits the next delay of a seeded uniform draw between ``--low`` and
-  ``--high`` ms, then answers 200: the latency distribution is known in advance;
+  ``--high`` ms, then answers as any other path below: the latency distribution is
+  known in advance;
 - ``GET /fail`` answers 500, ``GET /healthz`` 200 (the router's check); any other path
-  answers ``--status`` (200) at once;
+  answers ``--status`` (200) at once, or 500 for a seeded draw of ``--fail-rate`` of
+  them (0 by default): a bad version that fails at a known rate;
 - ``GET /served`` answers, for every ``/slow`` so far, how long the server took from the
   request's headers to the response's last byte (JSON list, ms): the drawn delay plus
   what the machine added, to compare with.
@@ -25,9 +27,14 @@ import time
 
 
 class Backend:
-    def __init__(self, seed: int, low_ms: float, high_ms: float, status: int = 200) -> None:
+    def __init__(
+        self, seed: int, low_ms: float, high_ms: float, status: int = 200, fail_rate: float = 0.0
+    ) -> None:
         self.status = status
         self.rng = random.Random(seed)
+        # A draw of its own, so that failing leaves the delays' sequence as it was.
+        self.fail_rng = random.Random(seed + 1)
+        self.fail_rate = fail_rate
         self.low_ms = low_ms
         self.high_ms = high_ms
         self.served_ms: list[float] = []
@@ -39,7 +46,9 @@ class Backend:
             return 200, json.dumps(self.served_ms).encode()
         if path == "/healthz":
             return 200, b"ok"
-        return (500 if path == "/fail" else self.status), b"ok"
+        if path == "/fail" or (self.fail_rate and self.fail_rng.random() < self.fail_rate):
+            return 500, b"failed"
+        return self.status, b"ok"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -86,8 +95,10 @@ def main() -> None:
     parser.add_argument("--high", type=float, default=70.0)
     # Another 2xx for one color tells it apart in a client that shows only the status.
     parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share answered 500")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, Backend(args.seed, args.low, args.high, args.status)))
+    backend = Backend(args.seed, args.low, args.high, args.status, args.fail_rate)
+    asyncio.run(serve(args.port, backend))
 
 
 if __name__ == "__main__":
