@@ -94,9 +94,9 @@ def backends() -> Iterator[dict[str, int]]:
                 proc.kill()
 
 
-def fresh_color(port: int) -> str:
+def fresh_color(host: str, port: int) -> str:
     """The color that serves one request on a new connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
         conn.request("GET", "/", headers={"Connection": "close"})
         response = conn.getresponse()
@@ -118,8 +118,9 @@ class Switch:
     late: int  # requests started after promote() returned that still hit the old color
 
 
-def switch_latency(settings: Any, port: int, target: str, pollers: int = 3) -> Switch:
-    """Promote ``target`` while ``pollers`` threads send requests on fresh connections.
+def switch_latency(settings: Any, host: str, port: int, target: str, pollers: int = 3) -> Switch:
+    """Promote ``target`` while ``pollers`` threads send requests to the router at
+    ``host:port`` on fresh connections.
 
     Requests are sorted by the moment they were sent. The switch happened after the
     last request that hit the other color started, and no later than the first request
@@ -135,7 +136,7 @@ def switch_latency(settings: Any, port: int, target: str, pollers: int = 3) -> S
         deadline = time.perf_counter() + 10
         while not done.is_set() and time.perf_counter() < deadline:
             started = time.perf_counter()
-            samples.append((started, fresh_color(port)))
+            samples.append((started, fresh_color(host, port)))
 
     threads = [threading.Thread(target=poll) for _ in range(pollers)]
     t0 = time.perf_counter()
@@ -252,8 +253,7 @@ def describe(samples: list[float]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=20, help="promote/rollback cycles")
     parser.add_argument("--fraction", type=float, default=0.8, help="load as a share of max")
     parser.add_argument("--connections", type=int, default=64, help="paced load connections")
@@ -266,81 +266,71 @@ def main() -> None:
         help="calibrate this much above the target: the switching and the latency pollers"
         " take CPU from wrk on a small machine",
     )
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk)")
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-    from releasegate.config import load_config
-    from releasegate.router.manager import router_down, router_up
-    from releasegate.router.runtime import RuntimeClient
-    from releasegate.router.state import wait_healthy
+
+
+def measure_switches(
+    settings: Any, host: str, port: int, folder: Path, args: argparse.Namespace
+) -> tuple[list[Switch], list[Switch]]:
+    """Capacity, idle switches, then switches under paced load; prints the figures.
+
+    The router of ``settings`` answers at ``host:port`` and runs with blue live; the
+    idle and loaded switches are returned for figures of the caller's own.
+    """
+    from releasegate.router.config import router_config
+    from releasegate.router.process import runtime_client
     from releasegate.router.switching import rollback
 
-    with tempfile.TemporaryDirectory(prefix="rgbench-") as tmp, backends() as ports:
-        folder = Path(tmp)
-        port = free_port()
-        config = folder / "releasegate.toml"
-        config.write_text(
-            f'[service]\nname = "bench"\n\n[deploy]\nblue_port = {ports["blue"]}\n'
-            f'green_port = {ports["green"]}\n\n[router]\nbind = "127.0.0.1:{port}"\n'
-            'runtime_dir = "rt"\ncheck_interval = "1s"\nstop_timeout = "5s"\n'
-        )
-        settings = load_config(config, env={})
-        url = f"http://127.0.0.1:{port}/"
-        router_up(settings)
-        try:
-            wait_healthy(settings, ["blue", "green"], timeout=10)
-            print(f"router 127.0.0.1:{port} -> blue :{ports['blue']}, green :{ports['green']}")
+    url = f"http://{host}:{port}/"
+    backend = router_config(settings).backend
 
-            # 1. capacity
-            capacity = run_wrk(url, 16, args.capacity_seconds)
-            max_rate = capacity.rate
-            print(
-                f"capacity: wrk -t2 -c16 -d{args.capacity_seconds}s (keep-alive):"
-                f" {max_rate:,.0f} req/s, mean latency {capacity.latency_ms:.2f} ms"
-            )
+    # 1. capacity
+    capacity = run_wrk(url, 16, args.capacity_seconds)
+    max_rate = capacity.rate
+    print(
+        f"capacity: wrk -t2 -c16 -d{args.capacity_seconds}s (keep-alive):"
+        f" {max_rate:,.0f} req/s, mean latency {capacity.latency_ms:.2f} ms"
+    )
 
-            # 3a. switch latency, idle
-            idle: list[Switch] = []
-            for _ in range(max(5, args.cycles // 2)):
-                idle.append(switch_latency(settings, port, "green"))
-                rollback(settings)
-                time.sleep(0.05)
+    # 3a. switch latency, idle
+    idle: list[Switch] = []
+    for _ in range(max(5, args.cycles // 2)):
+        idle.append(switch_latency(settings, host, port, "green"))
+        rollback(settings)
+        time.sleep(0.05)
 
-            # 2. + 3b. switches under paced load
-            target = args.fraction * max_rate
-            delay, calibrated = calibrate(
-                url, args.connections, target * args.pace_margin, capacity.latency_ms, folder
-            )
-            print(
-                f"pacing: {args.connections} connections, {delay} ms between requests"
-                f" -> {calibrated:,.0f} req/s in calibration"
-                f" (target {target:,.0f} x margin {args.pace_margin:g})"
-            )
-            duration = int(args.cycles * args.cycle_seconds + 3)
-            client = RuntimeClient(folder / "rt" / "admin.sock")
-            before = {r["svname"]: r for r in client.show_stat("bench")}
-            outcome: dict[str, WrkResult] = {}
-            script = pacing_script(folder, delay)
-            loader = threading.Thread(
-                target=lambda: outcome.setdefault(
-                    "load", run_wrk(url, args.connections, duration, script)
-                )
-            )
-            loader.start()
-            time.sleep(1.5)
-            loaded: list[Switch] = []
-            switch_times: list[float] = []
-            for _ in range(args.cycles):
-                cycle_start = time.perf_counter()
-                loaded.append(switch_latency(settings, port, "green"))
-                time.sleep(max(0.0, args.cycle_seconds / 2 - (time.perf_counter() - cycle_start)))
-                switch_times.append(rollback(settings).switch_s)
-                time.sleep(max(0.0, args.cycle_seconds - (time.perf_counter() - cycle_start)))
-            loader.join(timeout=duration + 90)
-            after = {r["svname"]: r for r in client.show_stat("bench")}
-        finally:
-            router_down(settings, forget=True)
+    # 2. + 3b. switches under paced load
+    target = args.fraction * max_rate
+    delay, calibrated = calibrate(
+        url, args.connections, target * args.pace_margin, capacity.latency_ms, folder
+    )
+    print(
+        f"pacing: {args.connections} connections, {delay} ms between requests"
+        f" -> {calibrated:,.0f} req/s in calibration"
+        f" (target {target:,.0f} x margin {args.pace_margin:g})"
+    )
+    duration = int(args.cycles * args.cycle_seconds + 3)
+    before = {
+        r["svname"]: r for r in runtime_client(settings, router_config(settings)).show_stat(backend)
+    }
+    outcome: dict[str, WrkResult] = {}
+    script = pacing_script(folder, delay)
+    loader = threading.Thread(
+        target=lambda: outcome.setdefault("load", run_wrk(url, args.connections, duration, script))
+    )
+    loader.start()
+    time.sleep(1.5)
+    loaded: list[Switch] = []
+    switch_times: list[float] = []
+    for _ in range(args.cycles):
+        cycle_start = time.perf_counter()
+        loaded.append(switch_latency(settings, host, port, "green"))
+        time.sleep(max(0.0, args.cycle_seconds / 2 - (time.perf_counter() - cycle_start)))
+        switch_times.append(rollback(settings).switch_s)
+        time.sleep(max(0.0, args.cycle_seconds - (time.perf_counter() - cycle_start)))
+    loader.join(timeout=duration + 90)
+    after = {
+        r["svname"]: r for r in runtime_client(settings, router_config(settings)).show_stat(backend)
+    }
     result = outcome["load"]
     failed = result.non_2xx + result.errors
 
@@ -378,6 +368,37 @@ def main() -> None:
     print(f"  runtime API round trip of the switch (rollback)  {describe(switch_times)}")
     late = sum(s.late for s in idle + loaded)
     print(f"  requests sent after promote() returned that hit blue: {late}")
+    return idle, loaded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+    from releasegate.config import load_config
+    from releasegate.router.manager import router_down, router_up
+    from releasegate.router.state import wait_healthy
+
+    with tempfile.TemporaryDirectory(prefix="rgbench-") as tmp, backends() as ports:
+        folder = Path(tmp)
+        port = free_port()
+        config = folder / "releasegate.toml"
+        config.write_text(
+            f'[service]\nname = "bench"\n\n[deploy]\nblue_port = {ports["blue"]}\n'
+            f'green_port = {ports["green"]}\n\n[router]\nbind = "127.0.0.1:{port}"\n'
+            'runtime_dir = "rt"\ncheck_interval = "1s"\nstop_timeout = "5s"\n'
+        )
+        settings = load_config(config, env={})
+        router_up(settings)
+        try:
+            wait_healthy(settings, ["blue", "green"], timeout=10)
+            print(f"router 127.0.0.1:{port} -> blue :{ports['blue']}, green :{ports['green']}")
+            idle, loaded = measure_switches(settings, "127.0.0.1", port, folder, args)
+        finally:
+            router_down(settings, forget=True)
     worst = max(s.to_target for s in idle + loaded)
     print(f"  target < 100 ms: {'met' if worst < 0.1 else 'MISSED'} (max {worst * 1000:.1f} ms)")
 
