@@ -13,9 +13,11 @@ import io
 import json
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +152,55 @@ def test_a_forwarded_port_reaches_the_remote_hosts_own_view(remote_host: RemoteH
             context.wrap_socket(raw, server_hostname=remote_host.address) as tls,
         ):
             assert tls.version() is not None
+
+
+# Runs in the remote host's namespace: a unix socket server that answers each
+# connection with one line and closes it, the way HAProxy's runtime API does.
+ANSWER_AND_CLOSE = """\
+import os, socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    conn.recv(1024)
+    conn.sendall(b"ok\\n")
+    conn.close()
+"""
+
+
+def test_a_forwarded_exchange_does_not_wait_for_a_delayed_ack(
+    remote_host: RemoteHost, tmp_path: Path
+) -> None:
+    # A connection that only forwards keeps Nagle on at sshd: the close that ends each
+    # exchange then waits ~40 ms for the runner's delayed ACK (every router switch did).
+    remote_socket = tmp_path / "answer.sock"
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/var/run/netns/{remote_host.namespace}", sys.executable, "-c",
+         ANSWER_AND_CLOSE, str(remote_socket)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        with tunnel_to(remote_host) as tunnel:
+            local_socket = tunnel.forward_socket(str(remote_socket))
+            took = []
+            for _ in range(10):
+                started = time.perf_counter()
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.settimeout(5)
+                    client.connect(str(local_socket))
+                    client.sendall(b"show info\n")
+                    answer = b""
+                    while chunk := client.recv(1024):
+                        answer += chunk
+                took.append(time.perf_counter() - started)
+                assert answer == b"ok\n"
+        assert statistics.median(took) < 0.02, f"round trips: {took}"
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_another_pinned_key_is_a_host_key_mismatch(remote_host: RemoteHost, tmp_path: Path) -> None:
