@@ -76,6 +76,7 @@ class Timing:
     wall_s: float
     duration_s: float
     steps: dict[str, float]
+    switch_s: float  # the router's promote() within the promote step
 
 
 def base_env() -> dict[str, str]:
@@ -152,7 +153,8 @@ def release(side: Side, image: str) -> Timing:
     if result.get("outcome") != "succeeded":
         sys.exit(f"{side.name} release: {result.get('outcome')}: {result.get('error')}")
     steps = {step["name"]: float(step["duration_s"]) for step in result["steps"]}
-    return Timing(wall_s=wall, duration_s=float(result["duration_s"]), steps=steps)
+    switch_s = float(result["router"][-1]["duration_ms"]) / 1000
+    return Timing(wall, float(result["duration_s"]), steps, switch_s)
 
 
 @contextmanager
@@ -228,6 +230,8 @@ def report(first: dict[str, Timing], rounds: dict[str, list[Timing]]) -> None:
         b = statistics.median(t.steps.get(name, 0.0) for t in remote)
         ratio = f"{b / a:7.2f}x" if a > 0 else f"{'-':>8}"
         print(f"    {name:<32}{ms(a):>12}{ms(b):>12}{ms(b - a):>16}{ratio}")
+    a, b = median(local, "switch_s"), median(remote, "switch_s")
+    print(f"    {'  of which the router promote()':<32}{ms(a):>12}{ms(b):>12}{ms(b - a):>16}")
     outside = {
         side: statistics.median(t.wall_s - sum(t.steps.values()) for t in timings)
         for side, timings in rounds.items()
