@@ -23,6 +23,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def checkout_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a ``releasegate`` command that runs this checkout's code (the venv's
+    may be an editable install of another checkout)."""
+    return {**env, "PYTHONPATH": str(REPO_ROOT / "src")}
+
+
 def server_url() -> str:
     url = os.environ.get("RELEASEGATE_TEST_PG_URL")
     if not url:

@@ -45,7 +45,7 @@ from typing import Any
 import docker
 import psycopg
 import redis
-from _common import BIN, REPO_ROOT, free_port, redis_server, scratch_db, server_url
+from _common import BIN, REPO_ROOT, checkout_env, free_port, redis_server, scratch_db, server_url
 from _remote import RemoteHost, load_on_remote, remote_host, ssh_env
 from bookmarks_repo import make_bookmarks_repo
 from psycopg import sql
@@ -87,7 +87,7 @@ def base_env() -> dict[str, str]:
         if not k.startswith(("RELEASEGATE_", "GITHUB_")) and k != "DOCKER_HOST"
     }
     return {
-        **env,
+        **checkout_env(env),
         "RELEASEGATE_SERVICE__NAME": SERVICE,
         "RELEASEGATE_BUILD__REPOSITORY": f"releasegate-bench/{SERVICE}",
     }
@@ -207,7 +207,7 @@ def report(first: dict[str, Timing], rounds: dict[str, list[Timing]]) -> None:
     local, remote = rounds["local"], rounds["remote"]
 
     def median(timings: list[Timing], key: str) -> float:
-        return statistics.median(getattr(t, key) for t in timings)
+        return float(statistics.median(getattr(t, key) for t in timings))
 
     print()
     print("first release (deploy blue, nothing live before; the remote host pulls the image)")
@@ -228,8 +228,8 @@ def report(first: dict[str, Timing], rounds: dict[str, list[Timing]]) -> None:
     for name in names:
         a = statistics.median(t.steps.get(name, 0.0) for t in local)
         b = statistics.median(t.steps.get(name, 0.0) for t in remote)
-        ratio = f"{b / a:7.2f}x" if a > 0 else f"{'-':>8}"
-        print(f"    {name:<32}{ms(a):>12}{ms(b):>12}{ms(b - a):>16}{ratio}")
+        step_ratio = f"{b / a:7.2f}x" if a > 0 else f"{'-':>8}"
+        print(f"    {name:<32}{ms(a):>12}{ms(b):>12}{ms(b - a):>16}{step_ratio}")
     a, b = median(local, "switch_s"), median(remote, "switch_s")
     print(f"    {'  of which the router promote()':<32}{ms(a):>12}{ms(b):>12}{ms(b - a):>16}")
     outside = {
@@ -308,7 +308,8 @@ def remove_images(runner: docker.DockerClient, host: RemoteHost, image: str) -> 
         host.docker("image", "rm", "--force", pulled)
     for name in (repository, f"releasegate-bench/{SERVICE}"):
         for found in runner.images.list(name=name):
-            runner.images.remove(found.id, force=True)
+            if found.id:
+                runner.images.remove(found.id, force=True)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _common import BIN, REPO_ROOT, free_port
+from _common import BIN, REPO_ROOT, checkout_env, free_port
 from _remote import RemoteHost, load_on_remote, namespace_cmd, remote_host, ssh_env
 from router_switch import COLOR_ENV, add_arguments, describe, measure_switches
 
@@ -125,7 +125,9 @@ def command_promotes(config: Path, env: dict[str, str], rounds: int) -> list[flo
         for color in ("green", "blue"):
             cmd = [str(BIN / "releasegate"), "--config", str(config), "router", "promote", color]
             started = time.perf_counter()
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                cmd, env=checkout_env(env), capture_output=True, text=True, timeout=120
+            )
             if color == "green":
                 samples.append(time.perf_counter() - started)
             if done.returncode != 0:
