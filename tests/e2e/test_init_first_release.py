@@ -24,6 +24,7 @@ PORT = 39080  # router; the colors on the next two ports
 WRITTEN_BY_INIT = {
     ".gitignore",
     "releasegate.toml",
+    "releasegate.production.toml",
     "smoke.toml",
     "loadtests/locustfile.py",
     ".github/workflows/releasegate-staging.yml",
