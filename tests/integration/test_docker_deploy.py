@@ -77,6 +77,10 @@ HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["python3", "/health.py"]
 CMD ["python3", "/server.py"]
 """
 
+# In the local test registry (scripts/test.sh starts it on 127.0.0.1:35000), which answers
+# that it has no such image: a missing image, not a registry that is down (exit 3).
+ABSENT_IMAGE = "127.0.0.1:35000/releasegate-test/absent:nope"
+
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[docker.DockerClient]:
@@ -429,8 +433,9 @@ def test_readiness_by_docker_health_without_a_path(
 def test_missing_image_is_a_config_error_and_creates_nothing(
     client: docker.DockerClient, settings: Settings
 ) -> None:
+    # A registry that answers (scripts/test.sh starts it) and does not hold the image.
     with pytest.raises(ConfigError, match="not on this Docker host"):
-        containers.deploy(settings, "green", "releasegate-test/absent:nope")
+        containers.deploy(settings, "green", ABSENT_IMAGE)
     with pytest.raises(ConfigError, match="does not exist"):
         containers.deploy(settings, "green", "sha256:" + "0" * 64)
     assert containers.find_container(client, settings, "green") is None
@@ -495,11 +500,9 @@ def test_cli_deploy_ps_and_exit_codes(tiny_image: str, settings: Settings) -> No
             check=False,
         )
 
-    missing = run(
-        "deploy", "--no-ledger", "--color", "green", "--image", "releasegate-test/absent:nope"
-    )
+    missing = run("deploy", "--no-ledger", "--color", "green", "--image", ABSENT_IMAGE)
     assert missing.returncode == 2, missing.stderr
-    assert missing.stderr.startswith("error: image releasegate-test/absent:nope")
+    assert missing.stderr.startswith(f"error: image {ABSENT_IMAGE}")
     failed = run(
         "deploy", "--no-ledger", "--color", "green", "--image", tiny_image, "--env", "MODE=exit"
     )
