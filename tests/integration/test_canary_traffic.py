@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import free_port
+from test_router import CONFIG  # the same router project as the router's own tests
 
 from releasegate.canary.traffic import ColorTraffic, TrafficReader, nearest_rank
 from releasegate.config import Settings, load_config
@@ -79,22 +80,6 @@ class Backend:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
-
-
-CONFIG = """\
-[service]
-name = "notes"
-
-[deploy]
-blue_port = {blue}
-green_port = {green}
-
-[router]
-bind = "127.0.0.1:{port}"
-runtime_dir = "rt"
-check_interval = "100ms"
-stop_timeout = "2s"
-"""
 
 
 @dataclass
